@@ -1,0 +1,54 @@
+"""structlog set-up for the CLI and the gateway. A library never configures logging by itself.
+
+Every event passes through ``redact_secrets`` first, so a key that looks like a credential is
+never written out, whoever logged it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("api_key", "apikey", "authorization", "secret", "password", "token")
+
+
+def _looks_secret(key: str) -> bool:
+    lowered = key.lower()
+    if lowered.endswith("_tokens") or lowered in ("max_tokens", "tokens"):
+        return False
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if key != "event" and _looks_secret(key):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(level: str = "warning", format: str = "console") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            redact_secrets,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
