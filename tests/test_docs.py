@@ -1,0 +1,43 @@
+"""The docs keep step with the code: every hook has its section, and the README's commands exist."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from tollway import hookspecs
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS_DOC = ROOT / "docs" / "plugins" / "hooks.md"
+
+
+def _hook_names() -> list[str]:
+    return sorted(
+        name for name, value in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("tollway_")
+    )
+
+
+def test_there_are_hooks_to_document() -> None:
+    assert len(_hook_names()) >= 8
+
+
+@pytest.mark.parametrize("hook", _hook_names())
+def test_every_hook_has_a_section_in_the_docs(hook: str) -> None:
+    headings = re.findall(r"^#+\s+(\S+)\s*$", HOOKS_DOC.read_text(), flags=re.M)
+    assert hook in headings, f"docs/plugins/hooks.md needs a '### {hook}' section"
+
+
+@pytest.mark.parametrize("hook", _hook_names())
+def test_every_hook_is_documented_where_declared(hook: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, hook))
+    assert doc and len(doc) > 40, f"{hook} in hookspecs.py needs a docstring"
+
+
+def test_docs_name_no_hook_that_does_not_exist() -> None:
+    named = set(re.findall(r"\btollway_[a-z_]+\b", HOOKS_DOC.read_text()))
+    named -= {"tollway_myplugin", "tollway_hello"}
+    assert named <= set(_hook_names()), named - set(_hook_names())
