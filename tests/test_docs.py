@@ -16,7 +16,8 @@ HOOKS_DOC = ROOT / "docs" / "plugins" / "hooks.md"
 
 def _hook_names() -> list[str]:
     return sorted(
-        name for name, value in inspect.getmembers(hookspecs, inspect.isfunction)
+        name
+        for name, value in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("tollway_")
     )
 
@@ -34,7 +35,8 @@ def test_every_hook_has_a_section_in_the_docs(hook: str) -> None:
 @pytest.mark.parametrize("hook", _hook_names())
 def test_every_hook_is_documented_where_declared(hook: str) -> None:
     doc = inspect.getdoc(getattr(hookspecs, hook))
-    assert doc and len(doc) > 40, f"{hook} in hookspecs.py needs a docstring"
+    assert doc, f"{hook} in hookspecs.py needs a docstring"
+    assert len(doc) > 40, f"{hook}'s docstring should say what to register and when it runs"
 
 
 def test_docs_name_no_hook_that_does_not_exist() -> None:

@@ -26,8 +26,12 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     uv = shutil.which("uv")
     assert uv, "uv is needed to build the wheels: pip install uv"
-    subprocess.run([uv, "build", "--all-packages", "--no-sources", "-o", str(out)],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [uv, "build", "--all-packages", "--no-sources", "-o", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -50,9 +54,20 @@ def test_pip_installs_the_extra_and_finds_the_plugin(dist: Path, tmp_path: Path)
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLWAY_", "VIRTUAL_ENV"))}
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--find-links", str(dist), "tollway[openai]==0.1.0"],
-        check=True, capture_output=True, env=env,
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--find-links",
+            str(dist),
+            "tollway[openai]==0.1.0",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
     )
     probe = (
         "import json, sys\n"
@@ -61,13 +76,19 @@ def test_pip_installs_the_extra_and_finds_the_plugin(dist: Path, tmp_path: Path)
         "print(json.dumps({'providers': sorted(m.providers()), 'failures': len(m.failures),\n"
         "  'heavy': [x for x in ('openai', 'llama_cpp') if x in sys.modules]}))\n"
     )
-    result = subprocess.run([str(python), "-c", probe], check=True, capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [str(python), "-c", probe], check=True, capture_output=True, text=True, env=env
+    )
     found = json.loads(result.stdout)
     assert {"openai", "azure"} <= set(found["providers"])
     assert "llamacpp" not in found["providers"]
     assert found["failures"] == 0
     assert found["heavy"] == []
-    plugins = subprocess.run([str(venv / "bin" / "tollway"), "plugins"], check=True,
-                             capture_output=True, text=True, env=env)
+    plugins = subprocess.run(
+        [str(venv / "bin" / "tollway"), "plugins"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert "tollway-openai 0.1.0" in plugins.stdout

@@ -36,8 +36,9 @@ class ScriptedProvider:
         if self.gate is not None:
             await self.gate.wait()
         text = f"{self.label}:{request.messages[-1].text}"
-        return Response("r1", request.model, self.name, Message("assistant", text), "stop",
-                        Usage(3, 2))
+        return Response(
+            "r1", request.model, self.name, Message("assistant", text), "stop", Usage(3, 2)
+        )
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self.seen.append(request)
@@ -127,22 +128,40 @@ async def test_complete_and_stream_through_a_provider_object() -> None:
 async def test_messages_in_openai_form_become_records() -> None:
     provider = ScriptedProvider("p")
     async with Pipeline.build(providers={"p": provider}) as pipe:
-        await pipe.complete("p/m", [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [
-                {"type": "text", "text": "look "},
-                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
-                {"type": "text", "text": "here"},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function",
-                 "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "42"},
-        ], tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
-            stop="END")
+        await pipe.complete(
+            "p/m",
+            [
+                {"role": "system", "content": "be brief"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look "},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x/y.png", "detail": "low"},
+                        },
+                        {"type": "text", "text": "here"},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": 1}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            stop="END",
+        )
     sent = provider.seen[0]
     assert sent.messages[1].text == "look here"
-    assert sent.messages[2].tool_calls[0].arguments == "{\"x\": 1}"
+    assert sent.messages[2].tool_calls[0].arguments == '{"x": 1}'
     assert sent.messages[3].tool_call_id == "c1"
     assert sent.tools == (Tool("f", "", {}),)
     assert sent.stop == ("END",)
@@ -182,7 +201,7 @@ async def test_routing_by_config_type_alias_and_default_model() -> None:
         assert (await pipe.complete("work", "d")).model == "work/base"
         assert (await pipe.complete(None, "e")).model == "work/x"
         assert pipe.default_model == "work/x"
-        with pytest.raises(UnknownModelError, match="no provider is called 'nope'.*scripted"):
+        with pytest.raises(UnknownModelError, match=r"no provider is called 'nope'.*scripted"):
             await pipe.complete("nope/m", "x")
         with pytest.raises(UnknownModelError, match="write it as PROVIDER/MODEL"):
             await pipe.complete("gpt-4o", "x")
@@ -354,6 +373,7 @@ async def test_reload_with_an_invalid_config_raises_and_keeps_the_old(tmp_path: 
     _write(file, "good")
     async with Pipeline.from_config(file, plugins=[ScriptedPlugin()]) as pipe:
         file.write_text('[providers.work]\ntype = "scripted"\nlabell = "x"\n')
-        with pytest.raises(ConfigError, match=r"providers\.work: unknown key 'labell' \(did you mean 'label'\?\)"):
+        expected = r"providers\.work\.labell: unknown key 'labell' \(did you mean 'label'\?\)"
+        with pytest.raises(ConfigError, match=expected):
             pipe.reload()
         assert (await pipe.complete("work/m", "x")).text == "good:x"

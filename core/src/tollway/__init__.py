@@ -31,7 +31,27 @@ _LAZY = {
     "TollwayError": "tollway.errors",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "Config",
+    "Cost",
+    "ImagePart",
+    "Message",
+    "ModelInfo",
+    "Pipeline",
+    "Request",
+    "Response",
+    "Stage",
+    "StreamChunk",
+    "TextPart",
+    "TollwayError",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+    "__version__",
+    "hookimpl",
+    "load_config",
+]
 
 if TYPE_CHECKING:
     from tollway.config import Config, load_config

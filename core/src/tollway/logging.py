@@ -1,14 +1,14 @@
 """structlog set-up for the CLI and the gateway. A library never configures logging by itself.
 
-Every event passes through ``redact_secrets`` first, so a key that looks like a credential is
-never written out, whoever logged it.
+Every event passes through ``redact_secrets`` before it is rendered, so a key that looks like a
+credential is never written out, whoever logged it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -17,18 +17,33 @@ _SECRET_WORDS = ("api_key", "apikey", "authorization", "secret", "password", "to
 
 
 def _looks_secret(key: str) -> bool:
-    lowered = key.lower()
+    # Header names spell it x-api-key; keyword arguments spell it api_key.
+    lowered = key.lower().replace("-", "_")
     if lowered.endswith("_tokens") or lowered in ("max_tokens", "tokens"):
         return False
     return any(word in lowered for word in _SECRET_WORDS)
 
 
+def _redact(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if isinstance(k, str) and _looks_secret(k) else _redact(v)
+            for k, v in value.items()
+        }
+    return value
+
+
 def redact_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    """Mask values whose key looks like a credential, in nested tables (headers) too."""
     for key in list(event):
-        if key != "event" and _looks_secret(key):
+        if key == "event":
+            continue
+        if _looks_secret(key):
             event[key] = "***"
+        else:
+            event[key] = _redact(event[key])
     return event
 
 
@@ -40,8 +55,9 @@ def configure_logging(level: str = "warning", format: str = "console") -> None:
     )
     structlog.configure(
         processors=[
-            redact_secrets,
+            # Context variables are merged first, so what was bound there is redacted too.
             structlog.contextvars.merge_contextvars,
+            redact_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

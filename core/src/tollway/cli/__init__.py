@@ -41,19 +41,35 @@ def _setup(config_path: str | None, log_level: str | None) -> Any:
 
 @main.command()
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", help="PROVIDER/MODEL; defaults to default_model, else the local model.")
+@click.option(
+    "-m", "--model", help="PROVIDER/MODEL; defaults to default_model, else the local model."
+)
 @click.option("-s", "--system", help="A system prompt.")
 @click.option("--max-tokens", type=int, default=None, help="Upper bound on answer tokens.")
 @click.option("-t", "--temperature", type=float, default=None)
-@click.option("--stream/--no-stream", default=True, show_default=True,
-              help="Print the answer as it comes.")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file (default: $TOLLWAY_CONFIG or ./tollway.toml).")
+@click.option(
+    "--stream/--no-stream", default=True, show_default=True, help="Print the answer as it comes."
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $TOLLWAY_CONFIG or ./tollway.toml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-def chat(prompt: str | None, model: str | None, system: str | None, max_tokens: int | None,
-         temperature: float | None, stream: bool, config_path: str | None, as_json: bool,
-         log_level: str | None) -> None:
+def chat(
+    prompt: str | None,
+    model: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
+    config_path: str | None,
+    as_json: bool,
+    log_level: str | None,
+) -> None:
     """Ask a model one question and print the answer and its usage.
 
     PROMPT may be omitted to read it from standard input.
@@ -68,13 +84,30 @@ def chat(prompt: str | None, model: str | None, system: str | None, max_tokens: 
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
-    asyncio.run(_chat(config_path, log_level, model, messages, max_tokens, temperature,
-                      stream and not as_json, as_json))
+    asyncio.run(
+        _chat(
+            config_path,
+            log_level,
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            stream and not as_json,
+            as_json,
+        )
+    )
 
 
-async def _chat(config_path: str | None, log_level: str | None, model: str | None,
-                messages: Sequence[dict[str, str]], max_tokens: int | None,
-                temperature: float | None, stream: bool, as_json: bool) -> None:
+async def _chat(
+    config_path: str | None,
+    log_level: str | None,
+    model: str | None,
+    messages: Sequence[dict[str, str]],
+    max_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
+    as_json: bool,
+) -> None:
     from tollway.streaming import StreamAssembler
 
     async with _setup(config_path, log_level) as pipe:
@@ -103,8 +136,11 @@ async def _chat(config_path: str | None, log_level: str | None, model: str | Non
             detail.append(f"{u.cache_read_tokens} cached")
         if u.reasoning_tokens:
             detail.append(f"{u.reasoning_tokens} reasoning")
-        click.secho(f"[{response.model} | {', '.join(detail)} tokens | "
-                    f"finish: {response.finish_reason}]", dim=True, err=True)
+        click.secho(
+            f"[{response.model} | {', '.join(detail)} tokens | finish: {response.finish_reason}]",
+            dim=True,
+            err=True,
+        )
 
 
 @main.command()
@@ -117,14 +153,28 @@ def plugins(as_json: bool) -> None:
     infos = manager.plugins()
     providers = manager.providers()
     if as_json:
-        click.echo(json.dumps({
-            "plugins": [
-                {"name": p.name, "version": p.version, "distribution": p.distribution,
-                 "hooks": list(p.hooks), "builtin": p.builtin} for p in infos],
-            "providers": {name: t.plugin for name, t in sorted(providers.items())},
-            "failures": [{"name": f.name, "error": f.error, "stage": f.stage}
-                         for f in manager.failures],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [
+                        {
+                            "name": p.name,
+                            "version": p.version,
+                            "distribution": p.distribution,
+                            "hooks": list(p.hooks),
+                            "builtin": p.builtin,
+                        }
+                        for p in infos
+                    ],
+                    "providers": {name: t.plugin for name, t in sorted(providers.items())},
+                    "failures": [
+                        {"name": f.name, "error": f.error, "stage": f.stage}
+                        for f in manager.failures
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     for info in infos:
         label = info.distribution or info.name

@@ -35,5 +35,9 @@ def make_provider(settings: HelloSettings, context: ProviderContext) -> Any:
 
 @hookimpl
 def tollway_register_providers(register: Callable[..., None]) -> None:
-    register("hello", make_provider, settings=HelloSettings,
-             description="Greets the last speaker; an example plugin.")
+    register(
+        "hello",
+        make_provider,
+        settings=HelloSettings,
+        description="Greets the last speaker; an example plugin.",
+    )

@@ -30,8 +30,14 @@ class HelloProvider:
 
     async def complete(self, request: Request) -> Response:
         text, usage, finish = self._answer(request)
-        return Response(f"hello-{next(_ids)}", request.model, self.name,
-                        Message("assistant", text), finish, usage)
+        return Response(
+            f"hello-{next(_ids)}",
+            request.model,
+            self.name,
+            Message("assistant", text),
+            finish,
+            usage,
+        )
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         text, usage, finish = self._answer(request)
