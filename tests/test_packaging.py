@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTRIBUTIONS = ("tollway", "tollway_openai", "tollway_llamacpp", "tollway_hello")
+DISTRIBUTIONS = (
+    "tollway",
+    "tollway_openai",
+    "tollway_llamacpp",
+    "tollway_hello",
+    "tollway_anthropic",
+    "tollway_gemini",
+    "tollway_bedrock",
+    "tollway_ollama",
+)
 
 pytestmark = pytest.mark.slow
 

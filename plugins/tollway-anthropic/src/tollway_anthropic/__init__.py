@@ -1,0 +1,1 @@
+"""tollway-anthropic: registered through the tollway entry point (being written)."""

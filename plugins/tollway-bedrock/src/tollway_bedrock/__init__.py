@@ -1,0 +1,1 @@
+"""tollway-bedrock: registered through the tollway entry point (being written)."""

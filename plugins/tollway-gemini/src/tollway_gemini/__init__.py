@@ -1,0 +1,1 @@
+"""tollway-gemini: registered through the tollway entry point (being written)."""

@@ -1,0 +1,1 @@
+"""tollway-ollama: registered through the tollway entry point (being written)."""
