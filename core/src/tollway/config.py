@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 ENV_PREFIX = "TOLLWAY_"
 # Variables that select plugins or the file are not settings.
 _NOT_SETTINGS = frozenset(
-    ("TOLLWAY_LOAD_PLUGINS", "TOLLWAY_DISABLE_PLUGIN_AUTOLOAD", "TOLLWAY_CONFIG",
-     "TOLLWAY_CACHE_DIR")
+    (
+        "TOLLWAY_LOAD_PLUGINS",
+        "TOLLWAY_DISABLE_PLUGIN_AUTOLOAD",
+        "TOLLWAY_CONFIG",
+        "TOLLWAY_CACHE_DIR",
+    )
 )
 
 
@@ -78,7 +82,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not path:
             continue
         node = out
@@ -109,7 +113,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(
             "the config file does not exist; create it (see docs/configuration.md) or pass "
-            "another path", file=str(file)) from None
+            "another path",
+            file=str(file),
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror}", file=str(file)) from None
     try:
@@ -123,14 +129,18 @@ def _fail(file: str | None, errors: list[tuple[str, str]]) -> ConfigError:
     error = ConfigError(message, file=file, key=key or None)
     if len(errors) > 1:
         more = "; ".join(f"{k}: {m}" for k, m in errors[1:])
-        error = ConfigError(f"{message} (and {len(errors) - 1} more: {more})", file=file,
-                            key=key or None)
+        error = ConfigError(
+            f"{message} (and {len(errors) - 1} more: {more})", file=file, key=key or None
+        )
     return error
 
 
 def structure_provider(
-    name: str, table: Mapping[str, Any] | ProviderSettings, plugins: PluginManager,
-    *, file: str | None = None,
+    name: str,
+    table: Mapping[str, Any] | ProviderSettings,
+    plugins: PluginManager,
+    *,
+    file: str | None = None,
 ) -> ProviderSettings:
     """Structure one ``[providers.NAME]`` section with the settings class of its type."""
     from tollway.converter import converter, structure_errors
@@ -138,28 +148,33 @@ def structure_provider(
     types = plugins.providers()
     if isinstance(table, ProviderSettings):
         type_name = table.type or name
-        settings = table
     else:
         if not isinstance(table, Mapping):
-            raise ConfigError(f"expected a table, got {type(table).__name__}", file=file,
-                              key=f"providers.{name}")
+            raise ConfigError(
+                f"expected a table, got {type(table).__name__}", file=file, key=f"providers.{name}"
+            )
         type_name = str(table.get("type") or name)
-        settings = None
     provider_type = types.get(type_name)
     if provider_type is None:
         known = ", ".join(sorted(types)) or "none"
-        hint = (f"install its plugin (pip install \"tollway[{type_name}]\") or set type to one of: "
-                f"{known}")
-        raise ConfigError(f"no installed plugin provides the provider type {type_name!r}; {hint}",
-                          file=file, key=f"providers.{name}.type")
-    if settings is not None:
-        return settings
+        hint = (
+            f'install its plugin (pip install "tollway[{type_name}]") or set type to one of: '
+            f"{known}"
+        )
+        raise ConfigError(
+            f"no installed plugin provides the provider type {type_name!r}; {hint}",
+            file=file,
+            key=f"providers.{name}.type",
+        )
+    if isinstance(table, ProviderSettings):
+        return table
     data = {**provider_type.default_settings, **dict(table), "type": type_name}
     try:
         return converter.structure(data, provider_type.settings)
     except Exception as exc:
-        errors = [(f"providers.{name}" + (f".{k}" if k else ""), m)
-                  for k, m in structure_errors(exc)]
+        errors = [
+            (f"providers.{name}" + (f".{k}" if k else ""), m) for k, m in structure_errors(exc)
+        ]
         raise _fail(file, errors) from None
 
 
@@ -187,7 +202,10 @@ def load_config(
         hint = "".join(f" (did you mean {g[0]!r}?)" for g in guesses if g)
         raise ConfigError(
             f"unknown key {', '.join(map(repr, unknown))}{hint}; the top-level keys are: "
-            f"{', '.join(sorted(_TOP_LEVEL))}", file=file, key=unknown[0])
+            f"{', '.join(sorted(_TOP_LEVEL))}",
+            file=file,
+            key=unknown[0],
+        )
 
     sections = raw.pop("providers", {}) or {}
     if not isinstance(sections, Mapping):
@@ -202,8 +220,9 @@ def load_config(
     }
     for alias, target in config.aliases.items():
         if "/" not in target:
-            raise ConfigError(f"alias target {target!r} must be PROVIDER/MODEL",
-                              file=file, key=f"aliases.{alias}")
+            raise ConfigError(
+                f"alias target {target!r} must be PROVIDER/MODEL", file=file, key=f"aliases.{alias}"
+            )
     config.source = file
     return config
 

@@ -72,47 +72,69 @@ def make_converter() -> cattrs.Converter:
 converter = make_converter()
 
 
+def _unknown_key(exc: ForbiddenExtraKeysError, key: str) -> str:
+    allowed = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+    guess = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"unknown key {key!r}{hint}; the keys it takes are: {', '.join(allowed)}"
+
+
 def _describe(exc: BaseException, cls: type | None) -> str:
-    if isinstance(exc, ForbiddenExtraKeysError):
-        allowed = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
-        names = []
-        for key in sorted(exc.extra_fields):
-            guess = difflib.get_close_matches(key, allowed, n=1)
-            names.append(f"{key!r}" + (f" (did you mean {guess[0]!r}?)" if guess else ""))
-        return f"unknown key {', '.join(names)}; the keys it takes are: {', '.join(allowed)}"
     if isinstance(exc, KeyError):
         return "required key is missing"
-    if isinstance(exc, (ValueError, TypeError)):
-        expected = getattr(cls, "__name__", None) or str(cls)
+    if isinstance(exc, (ValueError, TypeError, AttributeError)):
+        expected = (getattr(cls, "__name__", None) or str(cls)) if cls is not None else None
         detail = str(exc)
-        if "invalid literal" in detail or "could not convert" in detail or not detail:
+        if expected is None:
+            return detail or type(exc).__name__
+        # Messages from float("soon") or {}.items() on a string say nothing a user can act on.
+        if (
+            isinstance(exc, AttributeError)
+            or "invalid literal" in detail
+            or "could not convert" in detail
+            or not detail
+        ):
             return f"expected {expected}"
         return f"{detail} (expected {expected})"
     return str(exc)
 
 
+def _clean(path: str) -> str:
+    return path.removeprefix("$.").removeprefix("$")
+
+
 def structure_errors(exc: BaseException, path: str = "$") -> list[tuple[str, str]]:
-    """Flatten a cattrs error into ``(key path, message)`` pairs, ``key path`` in dotted form."""
+    """Flatten a cattrs error into ``(key path, message)`` pairs, ``key path`` in dotted form.
+
+    An unknown key is reported at its own path (``providers.openai.timeoutt``), with the
+    closest known key as a suggestion.
+    """
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [
+            (_clean(f"{path}.{key}"), _unknown_key(exc, key)) for key in sorted(exc.extra_fields)
+        ]
+    if not isinstance(exc, (ClassValidationError, IterableValidationError)):
+        return [(_clean(path), _describe(exc, None))]
     out: list[tuple[str, str]] = []
-    if isinstance(exc, (ClassValidationError, IterableValidationError)):
-        with_notes, without = exc.group_exceptions()
-        for inner, note in with_notes:
-            name = getattr(note, "name", None)
-            index = getattr(note, "index", None)
-            if name is not None:
-                sub = f"{path}.{name}"
-            elif index is not None:
-                sub = f"{path}[{index!r}]" if not isinstance(index, str) else f"{path}.{index}"
-            else:
-                sub = path
-            out.extend(structure_errors(inner, sub) if isinstance(
-                inner, (ClassValidationError, IterableValidationError)
-            ) else [(sub.removeprefix("$.").removeprefix("$"),
-                     _describe(inner, getattr(note, "type", None)))])
-        for inner in without:
-            out.append((path.removeprefix("$.").removeprefix("$"), _describe(inner, None)))
-        return out
-    return [(path.removeprefix("$.").removeprefix("$"), _describe(exc, None))]
+    with_notes, without = exc.group_exceptions()
+    for inner, note in with_notes:
+        name = getattr(note, "name", None)
+        index = getattr(note, "index", None)
+        if name is not None:
+            sub = f"{path}.{name}"
+        elif index is not None:
+            sub = f"{path}[{index!r}]" if not isinstance(index, str) else f"{path}.{index}"
+        else:
+            sub = path
+        if isinstance(
+            inner, (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError)
+        ):
+            out.extend(structure_errors(inner, sub))
+        else:
+            out.append((_clean(sub), _describe(inner, getattr(note, "type", None))))
+    for inner in without:
+        out.extend(structure_errors(inner, path))
+    return out
 
 
 def structure(data: Any, cls: type[T]) -> T:

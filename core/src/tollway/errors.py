@@ -7,6 +7,7 @@ never on a provider's own exception classes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,7 +115,7 @@ class ContextLengthExceededError(BadRequestError):
 
 
 class RateLimitedError(ProviderError):
-    """Too many requests or tokens (HTTP 429). ``retry_after`` is the provider's hint, in seconds."""
+    """Too many requests or tokens (HTTP 429). ``retry_after`` is the provider's hint, in s."""
 
     retryable = True
 
@@ -175,29 +176,32 @@ _BY_STATUS: dict[int, type[ProviderError]] = {
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms``, ``Retry-After`` (seconds) or ``x-ratelimit-reset-*``.
-
-    HTTP-date forms of Retry-After are understood too.
-    """
-    value = headers.get("retry-after-ms")
+    """Seconds to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP-date)."""
+    value = headers.get("retry-after-ms") or headers.get("Retry-After-Ms")
     if value:
         try:
-            return max(float(value) / 1000.0, 0.0)
+            seconds = float(value) / 1000.0
         except ValueError:
             pass
+        else:
+            if math.isfinite(seconds):
+                return max(seconds, 0.0)
     value = headers.get("retry-after") or headers.get("Retry-After")
     if value:
         try:
-            return max(float(value), 0.0)
+            seconds = float(value)
         except ValueError:
+            from datetime import UTC, datetime
             from email.utils import parsedate_to_datetime
-            from datetime import datetime, timezone
 
             try:
                 when = parsedate_to_datetime(value)
             except (TypeError, ValueError):
                 return None
-            return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+            if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are always UTC
+                when = when.replace(tzinfo=UTC)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     return None
 
 
@@ -231,7 +235,13 @@ def error_for_status(
     )
 
 
+# How providers word it: OpenAI ("maximum context length"), Anthropic ("prompt is too long"),
+# llama.cpp ("exceeds the available context size"), others ("context window").
+_CONTEXT_LENGTH_PHRASES = ("context length", "context window", "context size", "prompt is too long")
+
+
 def _is_context_length(code: str | None, message: str | None) -> bool:
     if code in ("context_length_exceeded", "string_above_max_length"):
         return True
-    return bool(message) and "context length" in (message or "").lower()
+    lowered = (message or "").lower()
+    return any(phrase in lowered for phrase in _CONTEXT_LENGTH_PHRASES)

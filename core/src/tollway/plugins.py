@@ -103,8 +103,9 @@ class PluginManager:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def register(self, plugin: ModuleType | object, name: str | None = None, *,
-                 builtin: bool = False) -> str | None:
+    def register(
+        self, plugin: ModuleType | object, name: str | None = None, *, builtin: bool = False
+    ) -> str | None:
         """Register a plugin object or module. Registering the same name twice is a no-op."""
         plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
         if self.pm.has_plugin(plugin_name) or self.pm.is_registered(plugin):
@@ -144,7 +145,10 @@ class PluginManager:
 
     def _fail(self, name: str, exc: BaseException, stage: str) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        self.failures.append(PluginFailure(name, error, stage))
+        failure = PluginFailure(name, error, stage)
+        if failure in self.failures:  # asked again after a new registration: already reported
+            return
+        self.failures.append(failure)
         log.warning("plugin_skipped", plugin=name, stage=stage, error=error)
 
     def _invalidate(self) -> None:
@@ -162,20 +166,34 @@ class PluginManager:
 
     # -- asking ----------------------------------------------------------------------------
 
-    def _call_each(self, hook_name: str, register: Callable[..., None],
-                   current: list[str]) -> None:
-        """Call a registration hook plugin by plugin, so one that raises is skipped alone."""
+    def _call_each(
+        self,
+        hook_name: str,
+        register: Callable[..., None],
+        current: list[str],
+        found: dict[str, Any],
+    ) -> None:
+        """Call a registration hook plugin by plugin, so one that raises is skipped alone.
+
+        What a plugin registered before it raised is dropped too: half a plugin is not used.
+        """
         caller = getattr(self.pm.hook, hook_name)
-        # pluggy orders implementations last-registered first; walk them first-registered first
-        # so that a later plugin's registration overrides the built-in defaults.
-        for impl in reversed(caller.get_hookimpls()):
+        # get_hookimpls() lists implementations first-registered first (pluggy calls them in
+        # reverse); walking them in that order lets a later plugin's registration override the
+        # built-in defaults.
+        for impl in caller.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
             current[0] = impl.plugin_name
+            before = dict(found)
             try:
                 if "register" in impl.argnames:
                     impl.function(register=register)
                 else:
                     impl.function()
             except Exception as exc:
+                found.clear()
+                found.update(before)
                 self._fail(impl.plugin_name, exc, hook_name)
 
     def providers(self) -> dict[str, ProviderType]:
@@ -185,9 +203,14 @@ class PluginManager:
         found: dict[str, ProviderType] = {}
         current = [""]
 
-        def register(name: str, factory: Callable[..., Any], *,
-                     settings: type[ProviderSettings] = ProviderSettings,
-                     description: str = "", **default_settings: Any) -> None:
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            *,
+            settings: type[ProviderSettings] = ProviderSettings,
+            description: str = "",
+            **default_settings: Any,
+        ) -> None:
             if not isinstance(settings, type) or not issubclass(settings, ProviderSettings):
                 raise PluginError(
                     f"plugin {current[0]!r} registered provider {name!r} with settings "
@@ -195,12 +218,17 @@ class PluginManager:
                 )
             previous = found.get(name)
             if previous is not None and previous.plugin not in self._builtin:
-                log.warning("provider_overridden", provider=name, previous=previous.plugin,
-                            plugin=current[0])
-            found[name] = ProviderType(name, factory, settings, description, current[0],
-                                       default_settings)
+                log.warning(
+                    "provider_overridden",
+                    provider=name,
+                    previous=previous.plugin,
+                    plugin=current[0],
+                )
+            found[name] = ProviderType(
+                name, factory, settings, description, current[0], default_settings
+            )
 
-        self._call_each("tollway_register_providers", register, current)
+        self._call_each("tollway_register_providers", register, current, found)
         self._providers = found
         return found
 
@@ -215,11 +243,12 @@ class PluginManager:
         found: dict[str, Registration] = {}
         current = [""]
 
-        def register(name: str, factory: Callable[..., Any], *, description: str = "",
-                     **options: Any) -> None:
+        def register(
+            name: str, factory: Callable[..., Any], *, description: str = "", **options: Any
+        ) -> None:
             found[name] = Registration(name, factory, current[0], description, options)
 
-        self._call_each(hook_name, register, current)
+        self._call_each(hook_name, register, current, found)
         self._registrations[kind] = found
         return found
 
@@ -238,9 +267,7 @@ class PluginManager:
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None:
                 continue
-            hooks = tuple(sorted(
-                caller.name for caller in self.pm.get_hookcallers(plugin) or ()
-            ))
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
             dist, version = self._dists.get(name, (None, None))
             if name in self._builtin:
                 dist, version = "tollway", _version("tollway")

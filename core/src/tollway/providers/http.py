@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 def endpoint_key(url: str) -> str:
     """``scheme://host:port`` of a URL: the unit of connection pooling."""
     parts = urlsplit(url)
-    if not parts.scheme or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an absolute http(s) URL; write it as https://host/path")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{parts.hostname}:{port}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
 
 
 @attrs.define
@@ -55,7 +56,7 @@ class HttpPool:
         import aiohttp
 
         connector = aiohttp.TCPConnector(
-            limit=limit or self.limit_per_endpoint,
+            limit=self.limit_per_endpoint if limit is None else limit,
             keepalive_timeout=self.keepalive_timeout,
             ttl_dns_cache=300,
         )

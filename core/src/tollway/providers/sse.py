@@ -13,6 +13,31 @@ if TYPE_CHECKING:
     import aiohttp
 
 
+async def _iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Each line of the body, without its line feed, however long it is.
+
+    ``async for line in response.content`` raises ``LineTooLong`` past twice the read buffer
+    (128 or 512 KiB, by aiohttp version), and one SSE ``data:`` line (a final
+    ``response.completed`` event, a large tool call) can be longer.
+    """
+    pending: list[bytes] = []
+    async for chunk in response.content.iter_any():
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
+            pending = []
+        *lines, rest = chunk.split(b"\n")
+        for line in lines:
+            yield line
+        if rest:
+            pending.append(rest)
+    if pending:
+        yield b"".join(pending)
+
+
 async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
     """Yield ``(event, data)`` for each event; ``event`` is ``"message"`` when none was named.
 
@@ -22,8 +47,8 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str,
     """
     event = ""
     data: list[str] = []
-    async for raw in response.content:
-        line = raw.rstrip(b"\r\n")
+    async for raw in _iter_lines(response):
+        line = raw.rstrip(b"\r")
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
@@ -44,7 +69,7 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str,
 
 async def iter_ndjson_lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """Yield each non-empty line of a newline-delimited JSON body."""
-    async for raw in response.content:
+    async for raw in _iter_lines(response):
         line = raw.strip()
         if line:
             yield line
