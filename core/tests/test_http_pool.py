@@ -123,13 +123,8 @@ async def test_endpoints_counts_connections_and_stats() -> None:
         url = str(server.make_url("/"))
         key = endpoint_key(url)
         session = pool.session(url)
-        assert pool.endpoints()[key] == {
-            "open": 0,
-            "in_use": 0,
-            "idle": 0,
-            "requests": 0,
-            "failures": 0,
-        }
+        start = {"open": 0, "in_use": 0, "idle": 0, "requests": 0, "failures": 0, "rebuilds": 0}
+        assert pool.endpoints()[key].items() >= start.items()
         async with session.get(url) as response:
             assert pool.endpoints()[key]["in_use"] == 1
             assert pool.endpoints()[key]["open"] == 1
@@ -137,7 +132,8 @@ async def test_endpoints_counts_connections_and_stats() -> None:
             assert await response.text() == "hi"
         # Released to the pool and kept alive for the next request.
         counts = pool.endpoints()[key]
-        assert counts == {"open": 1, "in_use": 0, "idle": 1, "requests": 0, "failures": 0}
+        released = {"open": 1, "in_use": 0, "idle": 1, "requests": 0, "failures": 0}
+        assert counts.items() >= released.items()
         pool.stats[key].requests += 1
         pool.stats[key].failures += 1
         assert pool.endpoints()[key]["requests"] == 1
@@ -148,5 +144,122 @@ async def test_endpoints_counts_connections_and_stats() -> None:
         assert pool.endpoints()[key]["open"] == 1
     finally:
         finish.set()
+        await pool.aclose()
+        await server.close()
+
+
+# -- health, probe and recovery --------------------------------------------------------------
+
+
+async def _server(handler: object) -> TestServer:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_probe_counts_any_http_answer_as_up_and_a_refusal_as_down() -> None:
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    server = await _server(not_found)
+    pool = HttpPool()
+    try:
+        up = await pool.endpoint(str(server.make_url("/v1"))).probe()
+        assert (up.ok, up.status, up.error) == (True, 404, None)
+        port = server.port
+        await server.close()
+        down = await pool.endpoint(f"http://127.0.0.1:{port}/v1").probe(timeout=2)
+        assert not down.ok
+        assert down.error
+        assert "Connect" in down.error
+        health = pool.endpoints()[f"http://127.0.0.1:{port}"]
+        assert health["requests"] == 2
+        assert health["failures"] == 1
+        assert health["last_error"] == down.error
+        assert health["latency_ewma_ms"] > 0
+    finally:
+        await pool.aclose()
+
+
+async def test_failures_in_a_row_rebuild_the_pool_without_dropping_calls_in_flight() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/slow":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"part-")
+            await release.wait()
+            await response.write(b"done")
+            await response.write_eof()
+            return response
+        return web.Response(text="ok")
+
+    server = await _server(handler)
+    pool = HttpPool(rebuild_after=3)
+    try:
+        url = str(server.make_url("/"))
+        endpoint = pool.endpoint(url)
+        old = endpoint.session
+        # A call in flight on the old session...
+        slow = await old.get(str(server.make_url("/slow")))
+        for _ in range(3):
+            endpoint.failed(0.0, ConnectionResetError("reset by peer"))
+        assert endpoint.stats.rebuilds == 1
+        # ...new calls go to a fresh session...
+        assert endpoint.session is not old
+        async with endpoint.session.get(url) as response:
+            assert await response.text() == "ok"
+        # ...and the old one stays open until its call ends, then closes.
+        assert not old.closed
+        release.set()
+        assert await slow.text() == "part-done"
+        slow.release()
+        for _ in range(100):
+            if old.closed:
+                break
+            await asyncio.sleep(0.02)
+        assert old.closed
+        assert endpoint.health()["consecutive_failures"] == 0
+    finally:
+        release.set()
+        await pool.aclose()
+        await server.close()
+
+
+async def test_a_success_resets_the_failure_run() -> None:
+    pool = HttpPool(rebuild_after=2)
+    try:
+        endpoint = pool.endpoint("http://127.0.0.1:9/")
+        endpoint.failed(0.0, OSError("refused"))
+        endpoint.ok(0.0)
+        endpoint.failed(0.0, OSError("refused"))
+        assert endpoint.stats.rebuilds == 0
+        assert endpoint.stats.failures == 2
+    finally:
+        await pool.aclose()
+
+
+async def test_aclose_closes_sessions_still_retiring() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"x")
+        await asyncio.sleep(30)
+        return response
+
+    server = await _server(handler)
+    pool = HttpPool(rebuild_after=1)
+    try:
+        endpoint = pool.endpoint(str(server.make_url("/")))
+        old = endpoint.session
+        hanging = await old.get(str(server.make_url("/")))
+        endpoint.failed(0.0, OSError("boom"))
+        await pool.aclose()
+        assert old.closed
+        hanging.close()
+    finally:
         await pool.aclose()
         await server.close()
