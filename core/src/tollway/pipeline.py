@@ -27,7 +27,7 @@ from tollway.config import Config, find_config_file, load_config, structure_prov
 from tollway.errors import ConfigError, TollwayError, UnknownModelError
 from tollway.plugins import PluginManager, build_plugin_manager
 from tollway.providers.base import Provider, ProviderContext, ProviderSettings
-from tollway.providers.http import HttpPool
+from tollway.providers.http import HttpPool, ProbeResult
 from tollway.types import (
     ContentPart,
     ImagePart,
@@ -447,6 +447,14 @@ class Pipeline:
         for name in names:
             models.extend(await router.instance(name).list_models())
         return models
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint: open, in-use and idle connections, requests, failures, latency."""
+        return self.http.endpoints()
+
+    async def probe(self) -> list[ProbeResult]:
+        """Check every endpoint in use with a cheap request; any HTTP answer counts as up."""
+        return await self.http.probe()
 
     # -- reload ----------------------------------------------------------------------------
 
