@@ -110,6 +110,8 @@ _AZURE_NO_DEPLOYMENT = (
     "The API deployment for this resource does not exist. If you created the deployment within "
     "the last 5 minutes, please wait a moment and try again."
 )
+_REQUEST_ID = web.RequestKey("tollway_fake_request_id", str)
+_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_json")
 _SAFE = {"filtered": False, "severity": "safe"}
 _AZURE_FILTERS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
 _AZURE_PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}]
@@ -147,6 +149,7 @@ class _Failure:
     code: str | None
     param: str | None
     headers: Mapping[str, str]
+    raw_body: str | None
 
 
 @attrs.frozen
@@ -298,7 +301,7 @@ class FakeOpenAI:
         ``completion_tokens`` or ``total_tokens``; ``reasoning_tokens`` are added to the counted
         completion tokens, as OpenAI includes them there. ``model`` overrides the reported model.
         """
-        calls = tuple(_tool_call(call, n) for n, call in enumerate(tool_calls))
+        calls = tuple(_tool_call(call) for call in tool_calls)
         outcome = _Reply(text, calls, finish_reason, usage, cached_tokens, reasoning_tokens, model)
         self._outcomes.extend([outcome] * times)
 
@@ -311,15 +314,17 @@ class FakeOpenAI:
         type: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        raw_body: str | None = None,
         times: int = 1,
     ) -> None:
         """Answer the next chat request(s) with an HTTP error in OpenAI's error body.
 
         ``message``, ``type`` and ``code`` default to what OpenAI sends for the status.
+        ``raw_body`` replaces the JSON body with an HTML page, as a proxy in front would send.
         """
         if status < 400:
             raise ValueError(f"fail() needs an error status (400-599), not {status}")
-        outcome = _Failure(status, message, type, code, param, dict(headers or {}))
+        outcome = _Failure(status, message, type, code, param, dict(headers or {}), raw_body)
         self._outcomes.extend([outcome] * times)
 
     def fault(self, kind: Fault, *, times: int = 1) -> None:
@@ -344,7 +349,7 @@ class FakeOpenAI:
         self, request: web.Request, handler: _Handler
     ) -> web.StreamResponse:
         request_id = f"req_{secrets.token_hex(16)}"
-        request["request_id"] = request_id
+        request[_REQUEST_ID] = request_id
         body = await request.read()
         parsed: Any = None
         if body:
@@ -352,7 +357,7 @@ class FakeOpenAI:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
-        request["json"] = parsed
+        request[_BODY] = parsed
         self.requests.append(
             RecordedRequest(
                 request.method,
@@ -475,7 +480,7 @@ class FakeOpenAI:
         return await self._chat(request, model)
 
     async def _chat(self, request: web.Request, azure_model: str | None) -> web.StreamResponse:
-        body = request["json"]
+        body = request[_BODY]
         invalid = _validate_chat(body, azure_model is None)
         if invalid is not None:
             return invalid
@@ -601,7 +606,7 @@ class FakeOpenAI:
 
 
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get("request_id") or f"req_{secrets.token_hex(16)}"
+    request_id = request.get(_REQUEST_ID) or f"req_{secrets.token_hex(16)}"
     response.headers["x-request-id"] = request_id
     response.headers["openai-version"] = "2020-10-01"
     response.headers["openai-processing-ms"] = "7"
@@ -627,6 +632,13 @@ def _azure_error(status: int, code: str, message: str) -> web.Response:
 
 
 def _scripted_error(failure: _Failure, model: str) -> web.Response:
+    if failure.raw_body is not None:
+        return web.Response(
+            status=failure.status,
+            text=failure.raw_body,
+            content_type="text/html",
+            headers=failure.headers,
+        )
     default_type, default_code, default_message = _OPENAI_ERRORS.get(
         failure.status, _SERVER_ERROR if failure.status >= 500 else _OPENAI_ERRORS[400]
     )
@@ -723,7 +735,7 @@ async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
     return response
 
 
-def _tool_call(call: Mapping[str, Any] | Any, n: int) -> tuple[str, str, str]:
+def _tool_call(call: Mapping[str, Any] | Any) -> tuple[str, str, str]:
     if isinstance(call, Mapping):
         name, arguments, call_id = call["name"], call.get("arguments", "{}"), call.get("id")
     else:
