@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.testing.contract import WireContract
+from tollway.testing.fake_ollama import FakeOllama
 from tollway.testing.fake_openai import FakeOpenAI
 
 
@@ -35,6 +36,15 @@ class TestOpenAICompatibleServer(WireContract):
     provider_type = "openai"
     model = "llama-3.1-8b"
     fake_class = FakeOpenAI
+
+    def settings(self, fake: Any) -> dict[str, Any]:
+        return {"base_url": fake.base_url}
+
+
+class TestOllama(WireContract):
+    provider_type = "ollama"
+    model = "llama3.2"
+    fake_class = FakeOllama
 
     def settings(self, fake: Any) -> dict[str, Any]:
         return {"base_url": fake.base_url}
