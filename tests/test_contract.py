@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tollway.testing.contract import WireContract
+from tollway.testing.fake_bedrock import FakeBedrock
+from tollway.testing.fake_gemini import FakeGemini
 from tollway.testing.fake_ollama import FakeOllama
 from tollway.testing.fake_openai import FakeOpenAI
 
@@ -48,3 +52,44 @@ class TestOllama(WireContract):
 
     def settings(self, fake: Any) -> dict[str, Any]:
         return {"base_url": fake.base_url}
+
+
+class TestGemini(WireContract):
+    provider_type = "gemini"
+    model = "gemini-2.5-flash"
+    fake_class = FakeGemini
+
+    def settings(self, fake: Any) -> dict[str, Any]:
+        return {"base_url": fake.base_url, "api_key": "AIza-contract"}
+
+
+class TestVertex(WireContract):
+    provider_type = "vertex"
+    model = "gemini-2.5-flash"
+    fake_class = FakeGemini
+
+    def settings(self, fake: Any) -> dict[str, Any]:
+        # A fixed token in headers: the suite's pipeline has no environment to read one from.
+        return {
+            "base_url": fake.vertex_base_url,
+            "project": "contract-project",
+            "location": "us-central1",
+            "headers": {"Authorization": "Bearer ya29.contract"},
+        }
+
+
+class TestBedrock(WireContract):
+    provider_type = "bedrock"
+    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    fake_class = FakeBedrock
+
+    @pytest.fixture(autouse=True)
+    def _aws_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Credentials for SigV4 from the environment, and no instance-metadata lookup.
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDCONTRACT")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "contract-secret")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+    def settings(self, fake: Any) -> dict[str, Any]:
+        return {"base_url": fake.base_url, "control_url": fake.base_url, "region": "us-east-1"}
