@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from tollway.cache.config import CacheConfig
 from tollway.errors import ConfigError
 from tollway.providers.base import ProviderSettings
+from tollway.resilience.config import (
+    CircuitBreakerConfig,
+    RateLimitConfig,
+    RetryConfig,
+    SingleFlightConfig,
+)
 
 if TYPE_CHECKING:
     from tollway.plugins import PluginManager
@@ -63,6 +70,13 @@ class Config:
     watch: bool = False
     watch_interval: float = 1.0
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    cache: CacheConfig = attrs.field(factory=CacheConfig)
+    single_flight: SingleFlightConfig = attrs.field(factory=SingleFlightConfig)
+    rate_limits: RateLimitConfig = attrs.field(factory=RateLimitConfig)
+    retry: RetryConfig = attrs.field(factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = attrs.field(factory=CircuitBreakerConfig)
+    # Model -> the models to try, in order, when it fails or its circuit is open.
+    fallbacks: dict[str, list[str]] = attrs.field(factory=dict)
     source: str | None = None
 
 

@@ -85,6 +85,30 @@ def tollway_register_usage_stores(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def tollway_register_rate_limiters(register: Callable[..., None]) -> None:
+    """Offer rate-limit state shared across processes.
+
+    Call ``register(name, factory)``; ``factory(config, metrics)`` gets the
+    :class:`tollway.resilience.config.RateLimitConfig` and returns an object with an async
+    ``acquire(key, requests, tokens, rule)`` that returns how many seconds the caller must
+    wait (0 when admitted now), and ``aclose()``. ``[rate_limits] backend = NAME`` selects it;
+    the built-in ``local`` one keeps the buckets in the process.
+    """
+
+
+@hookspec
+def tollway_register_coalescers(register: Callable[..., None]) -> None:
+    """Offer in-flight coalescing shared across processes.
+
+    Call ``register(name, factory)``; ``factory(config, metrics)`` gets the
+    :class:`tollway.resilience.config.SingleFlightConfig` and returns an object that lets
+    identical calls in flight at once, in any process, share one upstream call (see
+    ``docs/resilience.md``). ``[single_flight] backend = NAME`` selects it; the built-in
+    ``local`` one coalesces within the process.
+    """
+
+
 @hookspec(firstresult=True)
 def tollway_resolve_model(model: str) -> str | None:
     """Rewrite a model name before it is routed, or return ``None`` to leave it alone.

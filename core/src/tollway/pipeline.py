@@ -25,9 +25,11 @@ import structlog
 
 from tollway.config import Config, find_config_file, load_config, structure_provider
 from tollway.errors import ConfigError, TollwayError, UnknownModelError
+from tollway.metrics import Metrics
 from tollway.plugins import PluginManager, build_plugin_manager
 from tollway.providers.base import Provider, ProviderContext, ProviderSettings
 from tollway.providers.http import HttpPool, ProbeResult
+from tollway.stages import StageContext, build_stages
 from tollway.types import (
     ContentPart,
     ImagePart,
@@ -193,9 +195,16 @@ class _Router:
 class _State:
     """One assembled configuration: its router and its chain. Swapped whole on reload."""
 
-    def __init__(self, config: Config, router: _Router, stages: Sequence[Stage]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: _Router,
+        stages: Sequence[Stage],
+        builtin: dict[str, tuple[Any, Stage]],
+    ) -> None:
         self.config = config
         self.router = router
+        self.builtin = builtin
         self.inflight = 0
         self.retired = False
         route = router.route
@@ -233,10 +242,11 @@ class Pipeline:
     ) -> None:
         self.plugins = plugins
         self.http = HttpPool()
+        self.metrics = Metrics()
         self.stages = tuple(stages)
         self._fixed = dict(providers or {})
         self._config_path = Path(config_path) if config_path is not None else None
-        self._state = self._assemble(config, carried={})
+        self._state = self._assemble(config, carried={}, previous=None)
         self._disposals: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._sighup = False
@@ -313,10 +323,17 @@ class Pipeline:
         return cls(config, manager, stages=stages, config_path=file)
 
     def _assemble(
-        self, config: Config, carried: Mapping[str, tuple[ProviderSettings, Provider]]
+        self,
+        config: Config,
+        carried: Mapping[str, tuple[ProviderSettings, Provider]],
+        previous: _State | None,
     ) -> _State:
         router = _Router(config, self.plugins, self.http, self._fixed, carried)
-        return _State(config, router, self.stages)
+        context = StageContext(config, self.plugins, self.metrics, lambda m: router.route(m)[1])
+        builtin = build_stages(context, previous.builtin if previous is not None else None)
+        # The caller's own stages go outermost, then the built-in ones in their fixed order.
+        stages = [*self.stages, *(stage for _, stage in builtin.values())]
+        return _State(config, router, stages, builtin)
 
     # -- properties ------------------------------------------------------------------------
 
@@ -364,10 +381,33 @@ class Pipeline:
         api_key_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        cache: str | None = None,
+        cache_ttl: float | None = None,
+        priority: int | None = None,
+        fallbacks: Sequence[str] | None = None,
+        controls: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> Request:
-        """Build the Request that :meth:`complete` would send, routed to its canonical model."""
+        """Build the Request that :meth:`complete` would send, routed to its canonical model.
+
+        ``cache`` ("no-cache", "no-store" or "off"), ``cache_ttl``, ``priority`` and
+        ``fallbacks`` direct tollway's own stages; anything unknown goes to the provider.
+        """
         _, canonical = self._state.router.route(model or self.default_model)
+        if cache is not None or cache_ttl is not None or priority is not None or fallbacks:
+            controls = dict(controls or {})
+            if cache is not None:
+                if cache not in _CACHE_DIRECTIVES:
+                    raise ValueError(
+                        f"cache={cache!r} is not one of {', '.join(sorted(_CACHE_DIRECTIVES))}"
+                    )
+                controls["cache"] = cache
+            if cache_ttl is not None:
+                controls["cache_ttl"] = cache_ttl
+            if priority is not None:
+                controls["priority"] = priority
+            if fallbacks:
+                controls["fallbacks"] = list(fallbacks)
         return Request(
             model=canonical,
             messages=to_messages(messages),
@@ -386,6 +426,7 @@ class Pipeline:
             tags=tags if tags is not None else {},
             extra=extra,
             timeout=timeout,
+            controls=controls if controls is not None else {},
         )
 
     async def complete(
@@ -479,7 +520,10 @@ class Pipeline:
                 carried[name] = (settings, provider)
                 # Now the new state's: it must not be closed with the old one.
                 del old.router.instances[name]
-        new = self._assemble(config, carried)
+        new = self._assemble(config, carried, previous=old)
+        # Stages carried into the new state must not be closed with the old one either.
+        kept = {id(stage) for _, stage in new.builtin.values()}
+        old.builtin = {k: v for k, v in old.builtin.items() if id(v[1]) not in kept}
         self.plugins.configure(config)
         self._state = new
         old.retired = True
@@ -489,19 +533,17 @@ class Pipeline:
         return config
 
     def _dispose(self, state: _State) -> None:
-        providers = [
-            p
-            for _, p in state.router.instances.values()
-            if id(p) not in set(map(id, self._fixed.values()))
-        ]
+        providers = state.owned_providers()
+        stages = [stage for _, stage in state.builtin.values()]
         state.router.instances = {}
-        if not providers:
+        state.builtin = {}
+        if not providers and not stages:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        task = loop.create_task(_close_all(providers))
+        task = loop.create_task(_close_all(providers, stages))
         self._disposals.add(task)
         task.add_done_callback(self._disposals.discard)
 
@@ -571,26 +613,28 @@ class Pipeline:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self._disposals:
             await asyncio.gather(*self._disposals, return_exceptions=True)
-        await _close_all(self._state.owned_providers())
-        await _close_all(list(self._fixed.values()))
-        for stage in self.stages:
-            await stage.aclose()
+        state = self._state
+        await _close_all(state.owned_providers(), [s for _, s in state.builtin.values()])
+        await _close_all(list(self._fixed.values()), self.stages)
         await self.http.aclose()
 
 
-async def _close_all(providers: Iterable[Provider]) -> None:
-    for provider in providers:
+async def _close_all(providers: Iterable[Provider], stages: Iterable[Stage] = ()) -> None:
+    closeables: list[Stage | Provider] = [*stages, *providers]
+    for closeable in closeables:
         try:
-            await provider.aclose()
-        except Exception as exc:  # one provider failing to close must not keep others open
+            await closeable.aclose()
+        except Exception as exc:  # one failing to close must not keep the others open
             log.warning(
-                "provider_close_failed",
-                provider=getattr(provider, "name", "?"),
+                "close_failed",
+                what=getattr(closeable, "name", repr(closeable)),
                 error=f"{type(exc).__name__}: {exc}",
             )
 
 
 # -- input normalisation ---------------------------------------------------------------------
+
+_CACHE_DIRECTIVES = frozenset(("no-cache", "no-store", "off", "default"))
 
 _MESSAGE_KEYS = frozenset(("role", "content", "tool_calls", "tool_call_id", "name"))
 

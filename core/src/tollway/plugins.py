@@ -39,6 +39,8 @@ _REGISTRATION_HOOKS = (
     "tollway_register_cache_backends",
     "tollway_register_exporters",
     "tollway_register_usage_stores",
+    "tollway_register_rate_limiters",
+    "tollway_register_coalescers",
 )
 
 

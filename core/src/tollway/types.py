@@ -176,6 +176,10 @@ class Request:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     timeout: float | None = None
+    # Directives for tollway's own stages, never sent to the provider: "cache" ("no-cache"
+    # reads nothing, "no-store" writes nothing, "off" both), "cache_ttl", "priority",
+    # "fallbacks" (a list of models), "retry" (False for none).
+    controls: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def provider(self) -> str:

@@ -45,6 +45,14 @@ WEATHER = Tool(
 )
 
 
+async def _call(pipe: Pipeline, streamed: bool, model: str, prompt: str) -> Response:
+    """One call, complete or streamed, under the deadline."""
+    async with asyncio.timeout(DEADLINE):
+        if streamed:
+            return await _collect(pipe, model, prompt)
+        return await pipe.complete(model, prompt)
+
+
 async def _collect(pipe: Pipeline, *args: Any, **kwargs: Any) -> Response:
     assembler = StreamAssembler(INSTANCE, "")
     async for chunk in pipe.stream(*args, **kwargs):
@@ -66,8 +74,8 @@ class ProviderContract:
         return {}
 
     @pytest.fixture
-    async def fake(self) -> AsyncIterator[Any]:
-        yield None
+    async def fake(self) -> Any:
+        return None
 
     @pytest.fixture
     async def pipe(self, fake: Any) -> AsyncIterator[Pipeline]:
@@ -81,8 +89,9 @@ class ProviderContract:
 
     async def test_complete_answers_with_text_and_usage(self, pipe: Pipeline) -> None:
         async with asyncio.timeout(DEADLINE):
-            reply = await pipe.complete(self.full_model, self.prompt, max_tokens=self.max_tokens,
-                                        temperature=0)
+            reply = await pipe.complete(
+                self.full_model, self.prompt, max_tokens=self.max_tokens, temperature=0
+            )
         assert reply.provider == INSTANCE
         assert reply.model.startswith(f"{INSTANCE}/")
         assert reply.message.role == "assistant"
@@ -177,11 +186,15 @@ class WireContract(ProviderContract):
         made = whole.tool_calls[0]
         fake.reply("It is sunny in Paris.")
         async with asyncio.timeout(DEADLINE):
-            final = await pipe.complete(self.full_model, [
-                Message.user("Weather in Paris?"),
-                Message("assistant", "", (ToolCall(made.id, made.name, made.arguments),)),
-                Message("tool", '{"sky": "sunny"}', tool_call_id=made.id),
-            ], tools=[WEATHER])
+            final = await pipe.complete(
+                self.full_model,
+                [
+                    Message.user("Weather in Paris?"),
+                    Message("assistant", "", (ToolCall(made.id, made.name, made.arguments),)),
+                    Message("tool", '{"sky": "sunny"}', tool_call_id=made.id),
+                ],
+                tools=[WEATHER],
+            )
         assert final.text == "It is sunny in Paris."
 
     # -- errors ------------------------------------------------------------------------------
@@ -199,18 +212,19 @@ class WireContract(ProviderContract):
     )
     @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
     async def test_error_statuses_map_to_one_taxonomy(
-        self, pipe: Pipeline, fake: Any, status: int, error_class: type[errors.TollwayError],
-        retryable: bool, streamed: bool,
+        self,
+        pipe: Pipeline,
+        fake: Any,
+        status: int,
+        error_class: type[errors.TollwayError],
+        retryable: bool,
+        streamed: bool,
     ) -> None:
         message = f"contract says {status}"
         headers = {"retry-after": "7"} if status == 429 else None
         fake.fail(status, message, headers=headers)
         with pytest.raises(error_class) as info:
-            async with asyncio.timeout(DEADLINE):
-                if streamed:
-                    await _collect(pipe, self.full_model, self.prompt)
-                else:
-                    await pipe.complete(self.full_model, self.prompt)
+            await _call(pipe, streamed, self.full_model, self.prompt)
         error = info.value
         assert error.provider == INSTANCE
         assert error.status == status
@@ -238,14 +252,11 @@ class WireContract(ProviderContract):
     ) -> None:
         fake.fault("malformed")
         with pytest.raises(errors.ProviderError) as info:
-            async with asyncio.timeout(DEADLINE):
-                if streamed:
-                    await _collect(pipe, self.full_model, self.prompt)
-                else:
-                    await pipe.complete(self.full_model, self.prompt)
+            await _call(pipe, streamed, self.full_model, self.prompt)
         assert info.value.provider == INSTANCE
-        assert isinstance(info.value, (errors.MalformedResponseError,
-                                       errors.StreamInterruptedError))
+        assert isinstance(
+            info.value, (errors.MalformedResponseError, errors.StreamInterruptedError)
+        )
 
     async def test_cut_stream_is_interrupted_not_finished(self, pipe: Pipeline, fake: Any) -> None:
         fake.fault("cut_stream")
