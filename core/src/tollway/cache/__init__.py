@@ -1,0 +1,1 @@
+"""Answer caching: canonical keys, backends, and the cache stage."""

@@ -1,0 +1,1 @@
+"""Coalescing, retries, circuit breakers, fallbacks and rate limits."""
