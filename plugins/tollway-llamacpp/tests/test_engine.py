@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway_llamacpp.engine import _StreamTrimmer, _transcript
+from tollway_llamacpp.engine import _PRIMER, _StreamTrimmer, _transcript
 
 
 def test_transcript_puts_system_text_before_the_turns_and_ends_with_the_assistant() -> None:
@@ -18,8 +18,12 @@ def test_transcript_puts_system_text_before_the_turns_and_ends_with_the_assistan
         ]
     )
     assert formatted.prompt == (
-        "Be brief.\n\nUser: Hi!\nAssistant: Hello.\nUser: Capital of France?\nAssistant:"
+        f"Be brief.\n\n{_PRIMER}\n"
+        "User: Hi!\nAssistant: Hello.\nUser: Capital of France?\nAssistant:"
     )
+    # The primer shows a base model what a transcript is, with example turns to continue.
+    assert "\nUser: " in _PRIMER
+    assert "\nAssistant: " in _PRIMER
     # A new speaker label ends the answer; the model would otherwise write both sides.
     assert formatted.stop == ["\nUser:", "\nAssistant:"]
     # No BOS in the text: llama.cpp adds the model's own when it tokenizes.

@@ -19,6 +19,7 @@ from tollway.errors import (
     ProviderError,
 )
 from tollway.types import ImagePart, Message, Request, StreamChunk, TextPart, Tool, Usage
+from tollway_llamacpp.engine import _PRIMER
 from tollway_llamacpp.provider import STREAM_BUFFER, LlamaCppProvider
 
 ProviderMaker = Callable[..., LlamaCppProvider]
@@ -61,7 +62,7 @@ async def test_complete_answers_with_real_token_counts(
     # The prompt is the transcript the model saw, counted with its own tokenizer, BOS included.
     vocab = llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
     try:
-        prompt = f"{SYSTEM}\n\nUser: What is the capital of France?\nAssistant:"
+        prompt = f"{SYSTEM}\n\n{_PRIMER}\nUser: What is the capital of France?\nAssistant:"
         expected = len(vocab.tokenize(prompt.encode(), add_bos=True, special=True))
     finally:
         vocab.close()
@@ -212,8 +213,8 @@ async def test_a_prompt_longer_than_the_context_is_context_length_exceeded(
 
     # The error left the model usable, and a prompt past the 200 asked for but within the 256
     # allocated fits (llama-cpp-python's own buffers would be 200 long if asked for 200).
-    response = await small.complete(_request("word " * 220, system=None, max_tokens=2))
-    assert 220 < response.usage.input_tokens < 256
+    response = await small.complete(_request("word " * 160, system=None, max_tokens=2))
+    assert 200 < response.usage.input_tokens < 256
     assert response.usage.output_tokens == 2
 
 

@@ -120,6 +120,8 @@ async def _chat(
                 if chunk.text:
                     click.echo(chunk.text, nl=False)
             click.echo()
+            # The usage line goes to stderr; let the answer reach the terminal first.
+            sys.stdout.flush()
             response = assembler.response()
         else:
             response = await pipe.send(request)

@@ -21,6 +21,16 @@ from tollway_llamacpp.settings import LlamaCppSettings, context_window
 TRANSCRIPT = "transcript"
 
 
+@llama_cpp.llama_log_callback  # type: ignore[misc]
+def _drop_native_log(level: int, text: bytes, user_data: Any) -> None:
+    """llama.cpp writes notes to stderr from C even with verbose=False (such as its
+    sliding-window cache notice at the first call); a CLI's output must stay clean."""
+
+
+# Installed once, at import; the module keeps the callback alive for as long as C may call it.
+llama_cpp.llama_log_set(_drop_native_log, None)
+
+
 class _TrackedLlama(llama_cpp.Llama):
     """A Llama whose token loop counts what it samples and stops when its control is cancelled.
 
@@ -58,22 +68,38 @@ class _TrackedLlama(llama_cpp.Llama):
             inner.close()
 
 
+_PRIMER = (
+    "A conversation between a curious user and a helpful, knowledgeable assistant. "
+    "The assistant answers briefly and directly.\n\n"
+    "User: What is the capital of France?\n"
+    "Assistant: The capital of France is Paris.\n"
+    "User: How many legs does a spider have?\n"
+    "Assistant: A spider has eight legs."
+)
+
+
 def _transcript(*, messages: list[Any], **_: Any) -> llama_chat_format.ChatFormatterResponse:
     """A plain ``User:`` / ``Assistant:`` transcript, for GGUFs that carry no chat template.
 
     The bundled gemma-3-270m is the pretrained (not instruction-tuned) model and has no
     template: Gemma's turn markers make it echo the prompt, and llama-cpp-python's fallback
     (llama-2's [INST]) makes it write more [INST] blocks, while it continues a transcript
-    sensibly. System messages become plain paragraphs, in place.
+    sensibly. System messages become plain paragraphs at the top.
+
+    A base model also needs to be shown what a transcript is: asked cold it repeats the
+    question, while two short example turns just before the conversation make it answer
+    ("Name three colours of the rainbow" gets colours, not itself). The primer's tokens are
+    real prompt tokens and are counted as such.
     """
-    lines = []
+    system = [str(m.get("content") or "").strip() for m in messages if m["role"] == "system"]
+    lines = [text + "\n" for text in system if text]
+    lines.append(_PRIMER)
     for message in messages:
-        content = str(message.get("content") or "").strip()
         if message["role"] == "system":
-            lines.append(content + "\n")
-        else:
-            label = "User" if message["role"] == "user" else "Assistant"
-            lines.append(f"{label}: {content}")
+            continue
+        content = str(message.get("content") or "").strip()
+        label = "User" if message["role"] == "user" else "Assistant"
+        lines.append(f"{label}: {content}")
     lines.append("Assistant:")
     return llama_chat_format.ChatFormatterResponse(
         prompt="\n".join(lines), stop=["\nUser:", "\nAssistant:"], added_special=False
