@@ -1,6 +1,8 @@
 """The provider contract, run against every provider plugin in this repository.
 
 A third-party plugin runs the same suite by subclassing ``tollway.testing.contract`` classes.
+The local model runs ``ProviderContract`` in plugins/tollway-llamacpp/tests, where the model
+file is assembled once per session.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from tollway.testing.contract import WireContract
+from tollway.testing.fake_anthropic import FakeAnthropic
 from tollway.testing.fake_bedrock import FakeBedrock
 from tollway.testing.fake_gemini import FakeGemini
 from tollway.testing.fake_ollama import FakeOllama
@@ -93,3 +96,12 @@ class TestBedrock(WireContract):
 
     def settings(self, fake: Any) -> dict[str, Any]:
         return {"base_url": fake.base_url, "control_url": fake.base_url, "region": "us-east-1"}
+
+
+class TestAnthropic(WireContract):
+    provider_type = "anthropic"
+    model = "claude-sonnet-4-5"
+    fake_class = FakeAnthropic
+
+    def settings(self, fake: Any) -> dict[str, Any]:
+        return {"base_url": fake.base_url, "api_key": "sk-ant-contract"}
