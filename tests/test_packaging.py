@@ -25,6 +25,7 @@ DISTRIBUTIONS = (
     "tollway_gemini",
     "tollway_bedrock",
     "tollway_ollama",
+    "tollway_redis",
 )
 
 pytestmark = pytest.mark.slow

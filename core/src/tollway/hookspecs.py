@@ -60,9 +60,11 @@ def tollway_register_filters(register: Callable[..., None]) -> None:
 def tollway_register_cache_backends(register: Callable[..., None]) -> None:
     """Offer cache backends.
 
-    Call ``register(name, factory)``; ``factory(options)`` returns an object with async
-    ``get(key)``, ``set(key, value, ttl)``, ``delete(key)`` and ``aclose()``. Values are bytes;
-    a backend never unpickles what it reads.
+    Call ``register(name, factory)``; ``factory(config)`` gets the ``[cache]`` table
+    (:class:`tollway.cache.config.CacheConfig`) and returns an object with the async methods of
+    :class:`tollway.cache.backend.CacheBackend`: ``get``, ``set`` (with a TTL and tags),
+    ``delete``, ``invalidate`` (by namespace, model or tag) and ``aclose``. Values are bytes;
+    a backend never unpickles what it reads. ``[cache] backend = NAME`` selects it.
     """
 
 

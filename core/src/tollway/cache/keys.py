@@ -1,0 +1,104 @@
+"""Canonical request keys: equal requests give equal keys, different requests different keys.
+
+A key covers only what changes the answer: the model, the messages, the sampling parameters,
+tools and the provider pass-through (``extra``). Who asked (user, session, team, tags), the
+timeout and tollway's own directives do not change the answer and are left out. The JSON is
+canonical: sorted keys, no spaces, absent and ``None`` fields dropped, and numbers normalised
+(``1.0`` and ``1`` are the same temperature), so dict order or ``0`` vs ``0.0`` never split a
+key, unlike LiteLLM's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tollway.types import ImagePart, Message, Request, TextPart, Tool
+
+KEY_VERSION = "v1"
+
+
+def _number(value: float) -> int | float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value.is_integer():
+        return int(value)
+    return value
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-ready value in one canonical form: mappings sorted, numbers normalised."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return _number(float(value)) if isinstance(value, float) else value
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    raise TypeError(f"cannot make a cache key from a {type(value).__name__}")
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    if isinstance(message.content, str):
+        out["content"] = message.content
+    else:
+        out["content"] = [
+            {"type": "text", "text": part.text}
+            if isinstance(part, TextPart)
+            else {"type": "image", "url": part.url, "detail": part.detail}
+            for part in message.content
+            if isinstance(part, (TextPart, ImagePart))
+        ]
+    if message.tool_calls:
+        out["tool_calls"] = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """The fields of a request that change its answer, in canonical form."""
+    fields: dict[str, Any] = {
+        "model": request.model,
+        "messages": [_message(m) for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "tool_choice": request.tool_choice,
+        "response_format": request.response_format,
+    }
+    if request.stop:
+        fields["stop"] = list(request.stop)
+    if request.tools:
+        fields["tools"] = [_tool(t) for t in request.tools]
+    if request.extra:
+        fields["extra"] = request.extra
+    canon: dict[str, Any] = canonical(fields)
+    return canon
+
+
+def request_key(request: Request, namespace: str = "tollway") -> str:
+    """``namespace:version:model:sha256`` of the canonical request.
+
+    The model stays readable in the key so that a backend can invalidate one model's entries
+    by prefix; the namespace comes first so that a whole namespace goes the same way.
+    """
+    text = json.dumps(
+        request_fields(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{namespace}:{KEY_VERSION}:{request.model}:{digest}"
