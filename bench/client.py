@@ -92,6 +92,52 @@ async def setup_floor(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     return call_json, call_stream, session.close, _versions("aiohttp")
 
 
+async def setup_floor_any(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
+    """The floor, but a stream is read with ``iter_any()`` and split into lines here (what
+    tollway's SSE reader does) instead of aiohttp's line-by-line ``readline``: a lower floor
+    for streams when several events arrive in one read. json is the same as the floor's."""
+    call_json, _, close, versions = await setup_floor(url)
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+    endpoint = url + "/v1/chat/completions"
+    headers = {"Authorization": "Bearer sk-bench"}
+    stream_body = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    loads = json.loads
+
+    async def call_stream() -> int:
+        n = 0
+        rest = b""
+        async with session.post(endpoint, json=stream_body, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+            async for block in resp.content.iter_any():
+                *lines, rest = (rest + block).split(b"\n")
+                for line in lines:
+                    if line[:6] != b"data: ":
+                        continue
+                    data = line[6:]
+                    if data == b"[DONE]":
+                        return n
+                    for choice in loads(data)["choices"]:
+                        text = choice["delta"].get("content")
+                        if text:
+                            n += len(text)
+        return n
+
+    async def close_both() -> None:
+        await close()
+        await session.close()
+
+    return call_json, call_stream, close_both, versions
+
+
 async def setup_tollway(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     """tollway with no stages: Pipeline -> openai provider plugin -> pooled aiohttp session."""
     from tollway import Pipeline
@@ -133,7 +179,10 @@ async def setup_openai(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     async def call_stream() -> int:
         n = 0
         stream = await create(
-            model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            stream=True,
             stream_options={"include_usage": True},
         )
         async for chunk in stream:
@@ -160,7 +209,10 @@ async def setup_litellm(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
 
     async def call_json() -> int:
         response = await litellm.acompletion(
-            model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, api_base=api_base,
+            model=model,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            api_base=api_base,
             api_key="sk-bench",
         )
         return len(response.choices[0].message.content or "")
@@ -168,8 +220,13 @@ async def setup_litellm(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     async def call_stream() -> int:
         n = 0
         stream = await litellm.acompletion(
-            model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, api_base=api_base,
-            api_key="sk-bench", stream=True, stream_options={"include_usage": True},
+            model=model,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            api_base=api_base,
+            api_key="sk-bench",
+            stream=True,
+            stream_options={"include_usage": True},
         )
         async for chunk in stream:
             for choice in chunk.choices:
@@ -193,6 +250,7 @@ async def setup_litellm(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
 
 CLIENTS = {
     "floor": setup_floor,
+    "floor_any": setup_floor_any,
     "tollway": setup_tollway,
     "openai": setup_openai,
     "litellm": setup_litellm,
@@ -239,6 +297,20 @@ async def run_calls(
     return latencies, errors, first_error
 
 
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU of other processes (the upstream), from /proc; 0 where unreadable."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -255,12 +327,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     call = call_json if args.mode == "json" else call_stream
     try:
         _, errors, first_error = await run_calls(
-            call, args.warmup, args.concurrency, args.expected,
+            call,
+            args.warmup,
+            args.concurrency,
+            args.expected,
             time.perf_counter() + args.warmup_seconds,
         )
         if errors:
             return {"error": f"warm-up: {errors} failed calls; first: {first_error}"}
         gc.collect()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+        upstream0 = proc_cpu_seconds(args.upstream_pids)
         wall0 = time.perf_counter()
         cpu0 = time.process_time()
         latencies, errors, first_error = await run_calls(
@@ -268,6 +350,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         )
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
+        upstream_cpu = proc_cpu_seconds(args.upstream_pids) - upstream0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     finally:
         await close()
     done = len(latencies)
@@ -282,6 +368,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "calls_per_s": done / wall if wall > 0 else None,
         "p50_ms": percentile(latencies, 0.50) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "upstream_cpu_us_per_call": upstream_cpu / done * 1e6 if done else None,
+        # Share of the upstream's CPUs it kept busy: near 100% means it was the bottleneck.
+        "upstream_busy": upstream_cpu / wall / args.upstream_cpus if wall > 0 else None,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": versions,
         "python": sys.version.split()[0],
@@ -300,9 +389,16 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     parser.add_argument("--expected", type=int, required=True, help="characters in the answer")
     parser.add_argument("--url", required=True)
+    parser.add_argument("--upstream-pids", default="", help="comma-separated, for its CPU use")
+    parser.add_argument("--upstream-cpus", type=int, default=1, help="CPUs the upstream can use")
+    parser.add_argument(
+        "--profile",
+        help="cProfile the timed calls into this file (the timings are then not comparable)",
+    )
     parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
     args = parser.parse_args()
     cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
+    args.upstream_pids = [int(p) for p in args.upstream_pids.split(",") if p.strip()]
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     try:
