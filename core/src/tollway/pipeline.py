@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import MappingProxyType, ModuleType, TracebackType
 from typing import Any
 
 import structlog
@@ -209,9 +209,11 @@ class _State:
         self.retired = False
         route = router.route
 
-        async def call_provider(request: Request) -> Response:
+        # Plain functions returning the provider's coroutine or iterator: with no stages the
+        # caller awaits the provider directly, with no extra coroutine frame in between.
+        def call_provider(request: Request) -> Awaitable[Response]:
             provider, _ = route(request.model)
-            return await provider.complete(request)
+            return provider.complete(request)
 
         def stream_provider(request: Request) -> AsyncIterator[StreamChunk]:
             provider, _ = route(request.model)
@@ -423,10 +425,10 @@ class Pipeline:
             session=session,
             team=team,
             api_key_id=api_key_id,
-            tags=tags if tags is not None else {},
+            tags=tags if tags is not None else _EMPTY,
             extra=extra,
             timeout=timeout,
-            controls=controls if controls is not None else {},
+            controls=controls if controls is not None else _EMPTY,
         )
 
     async def complete(
@@ -436,7 +438,16 @@ class Pipeline:
         **params: Any,
     ) -> Response:
         """Send one call and wait for the whole answer."""
-        return await self.send(self.request(model, messages, **params))
+        request = self.request(model, messages, **params)
+        # send()'s body, inlined: this is the path every call takes.
+        state = self._state
+        state.inflight += 1
+        try:
+            return await state.complete(request)
+        finally:
+            state.inflight -= 1
+            if state.retired and not state.inflight:
+                self._dispose(state)
 
     async def send(self, request: Request) -> Response:
         """Send a ready Request (its model already canonical) through the chain."""
@@ -635,6 +646,8 @@ async def _close_all(providers: Iterable[Provider], stages: Iterable[Stage] = ()
 # -- input normalisation ---------------------------------------------------------------------
 
 _CACHE_DIRECTIVES = frozenset(("no-cache", "no-store", "off", "default"))
+# Shared by every request that has no tags or controls: read-only, so sharing is safe.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 _MESSAGE_KEYS = frozenset(("role", "content", "tool_calls", "tool_call_id", "name"))
 
@@ -647,6 +660,17 @@ def to_messages(messages: str | Sequence[Message | Mapping[str, Any]]) -> tuple[
     for index, item in enumerate(messages):
         if isinstance(item, Message):
             out.append(item)
+        elif (
+            type(item) is dict
+            and len(item) == 2
+            and type(item.get("content")) is str
+            and "role" in item
+        ):
+            # The common case, {"role": ..., "content": "text"}, without the general checks.
+            try:
+                out.append(Message(item["role"], item["content"]))
+            except ValueError as exc:
+                raise ValueError(f"messages[{index}]: {exc}") from None
         elif isinstance(item, Mapping):
             out.append(_message_from_dict(item, index))
         else:
