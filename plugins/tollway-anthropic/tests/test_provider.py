@@ -623,8 +623,35 @@ async def test_connection_reset(provider, fake_anthropic, http, streaming) -> No
     assert info.value.provider == "anthropic"
     stats = http.stats[endpoint_key(fake_anthropic.base_url)]
     assert (stats.requests, stats.failures) == (1, 1)
+    # A transport failure: recorded through the handle, one failure in a row so far.
+    assert stats.consecutive_failures == 1
+    assert stats.last_error
     # The next call gets through on a fresh connection.
     assert (await provider.complete(ask())).text
+    # Any HTTP answer ends the run of failures.
+    assert (stats.requests, stats.failures, stats.consecutive_failures) == (2, 1, 0)
+
+
+async def test_the_provider_follows_a_rebuilt_pool(provider, fake_anthropic, http) -> None:
+    """Enough transport failures in a row rebuild the endpoint's session; the provider holds
+    the pool's handle, not a session, so its next call goes out on the new one."""
+    await provider.complete(ask())
+    key = endpoint_key(fake_anthropic.base_url)
+    fake_anthropic.fault("reset", times=http.rebuild_after)
+    for _ in range(http.rebuild_after):
+        with pytest.raises(UnavailableError):
+            await provider.complete(ask())
+    stats = http.stats[key]
+    assert (stats.requests, stats.failures, stats.rebuilds) == (
+        1 + http.rebuild_after,
+        http.rebuild_after,
+        1,
+    )
+    assert http.endpoints()[key]["open"] == 0  # the new session has no connection yet
+    assert (await provider.complete(ask())).text
+    # The call went out on the new session: its connection is back in the pool, idle.
+    assert http.endpoints()[key]["idle"] == 1
+    assert (stats.requests, stats.consecutive_failures) == (2 + http.rebuild_after, 0)
 
 
 async def test_connection_refused(make_provider) -> None:

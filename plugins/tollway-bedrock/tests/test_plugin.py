@@ -108,7 +108,7 @@ def clear_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
 
 
-async def test_missing_credentials_say_what_to_set(make_provider, aws_env) -> None:
+async def test_missing_credentials_say_what_to_set(make_provider, aws_env, http) -> None:
     clear_credentials(aws_env)
     provider = make_provider(name="aws", base_url="http://127.0.0.1:9")
     with pytest.raises(AuthenticationError) as info:
@@ -121,6 +121,8 @@ async def test_missing_credentials_say_what_to_set(make_provider, aws_env) -> No
     with pytest.raises(AuthenticationError):
         async for _ in provider.stream(ask()):
             pass
+    # Found wanting before any HTTP: no endpoint was touched, so none reports on its health.
+    assert http.endpoints() == {}
 
 
 async def test_half_a_key_pair_is_refused(make_provider) -> None:

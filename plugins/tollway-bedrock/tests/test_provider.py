@@ -546,7 +546,34 @@ async def test_connection_reset(provider, fake_bedrock, http, streaming) -> None
     assert info.value.provider == "bedrock"
     stats = http.stats[endpoint_key(fake_bedrock.base_url)]
     assert (stats.requests, stats.failures) == (1, 1)
+    # A transport failure: recorded through the handle, one failure in a row so far.
+    assert stats.consecutive_failures == 1
+    assert stats.last_error
     assert (await provider.complete(ask())).text  # a fresh connection for the next call
+    # Any HTTP answer ends the run of failures.
+    assert (stats.requests, stats.failures, stats.consecutive_failures) == (2, 1, 0)
+
+
+async def test_the_provider_follows_a_rebuilt_pool(provider, fake_bedrock, http) -> None:
+    """Enough transport failures in a row rebuild the endpoint's session; the provider holds
+    the pool's handle, not a session, so its next call goes out on the new one."""
+    await provider.complete(ask())
+    key = endpoint_key(fake_bedrock.base_url)
+    fake_bedrock.fault("reset", times=http.rebuild_after)
+    for _ in range(http.rebuild_after):
+        with pytest.raises(UnavailableError):
+            await provider.complete(ask())
+    stats = http.stats[key]
+    assert (stats.requests, stats.failures, stats.rebuilds) == (
+        1 + http.rebuild_after,
+        http.rebuild_after,
+        1,
+    )
+    assert http.endpoints()[key]["open"] == 0  # the new session has no connection yet
+    assert (await provider.complete(ask())).text
+    # The call went out on the new session: its connection is back in the pool, idle.
+    assert http.endpoints()[key]["idle"] == 1
+    assert (stats.requests, stats.consecutive_failures) == (2 + http.rebuild_after, 0)
 
 
 async def test_connection_refused(make_provider) -> None:
@@ -791,6 +818,26 @@ async def test_list_models_error(provider, fake_bedrock, aws_env) -> None:
     fake_bedrock.require_access_key = "AKIDSOMEONEELSE"
     with pytest.raises(AuthenticationError):
         await provider.list_models()
+
+
+async def test_runtime_and_control_plane_each_have_a_handle(
+    make_provider, fake_bedrock, http
+) -> None:
+    # The same fake under two host names: two endpoints as far as the pool can tell.
+    control = f"http://localhost:{fake_bedrock.port}"
+    provider = make_provider(base_url=fake_bedrock.base_url, control_url=control)
+    await provider.complete(ask())
+    await provider.list_models()
+    await provider.list_models()
+    runtime, plane = endpoint_key(fake_bedrock.base_url), endpoint_key(control)
+    assert set(http.endpoints()) == {runtime, plane}
+    assert (http.stats[runtime].requests, http.stats[plane].requests) == (1, 2)
+    fake_bedrock.require_access_key = "AKIDSOMEONEELSE"
+    with pytest.raises(AuthenticationError):
+        await provider.list_models()
+    # An HTTP answer, however unwelcome, is the control plane's health, not the runtime's.
+    assert (http.stats[runtime].requests, http.stats[plane].requests) == (1, 3)
+    assert http.stats[plane].failures == 0
 
 
 async def test_stats_count_requests_and_endpoint_failures(provider, fake_bedrock, http) -> None:

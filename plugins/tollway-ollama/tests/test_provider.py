@@ -493,8 +493,35 @@ async def test_connection_reset(provider, fake_ollama, http, streaming) -> None:
     assert info.value.retryable
     stats = http.stats[endpoint_key(fake_ollama.url)]
     assert (stats.requests, stats.failures) == (1, 1)
+    # A transport failure: recorded through the handle, one failure in a row so far.
+    assert stats.consecutive_failures == 1
+    assert stats.last_error
     # The next call gets through on a fresh connection.
     assert (await provider.complete(ask())).text
+    # Any HTTP answer ends the run of failures.
+    assert (stats.requests, stats.failures, stats.consecutive_failures) == (2, 1, 0)
+
+
+async def test_the_provider_follows_a_rebuilt_pool(provider, fake_ollama, http) -> None:
+    """Enough transport failures in a row rebuild the endpoint's session; the provider holds
+    the pool's handle, not a session, so its next call goes out on the new one."""
+    await provider.complete(ask())
+    key = endpoint_key(fake_ollama.url)
+    fake_ollama.fault("reset", times=http.rebuild_after)
+    for _ in range(http.rebuild_after):
+        with pytest.raises(UnavailableError):
+            await provider.complete(ask())
+    stats = http.stats[key]
+    assert (stats.requests, stats.failures, stats.rebuilds) == (
+        1 + http.rebuild_after,
+        http.rebuild_after,
+        1,
+    )
+    assert http.endpoints()[key]["open"] == 0  # the new session has no connection yet
+    assert (await provider.complete(ask())).text
+    # The call went out on the new session: its connection is back in the pool, idle.
+    assert http.endpoints()[key]["idle"] == 1
+    assert (stats.requests, stats.consecutive_failures) == (2 + http.rebuild_after, 0)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -675,12 +702,18 @@ async def test_list_models(provider, fake_ollama) -> None:
     assert (fake_ollama.last_request.method, fake_ollama.last_request.path) == ("GET", "/api/tags")
 
 
-async def test_ping(provider, make_provider) -> None:
+async def test_ping(provider, make_provider, fake_ollama, http) -> None:
     assert await provider.ping() is True
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert await make_provider(base_url=f"http://127.0.0.1:{port}").ping() is False
+    # A ping is an HTTP request like any other, and its outcome is the endpoint's health.
+    up = http.stats[endpoint_key(fake_ollama.url)]
+    down = http.stats[endpoint_key(f"http://127.0.0.1:{port}")]
+    assert (up.requests, up.failures) == (1, 0)
+    assert (down.requests, down.failures) == (1, 1)
+    assert down.last_error
 
 
 async def test_stats_count_requests_and_endpoint_failures(provider, fake_ollama, http) -> None:

@@ -240,6 +240,26 @@ class WireContract(ProviderContract):
                 await pipe.complete(self.full_model, self.prompt)
         assert info.value.retryable
 
+    async def test_endpoint_health_is_recorded(self, pipe: Pipeline, fake: Any) -> None:
+        async with asyncio.timeout(DEADLINE):
+            await pipe.complete(self.full_model, self.prompt)
+        health = pipe.health()
+        # One endpoint, the fake's: whatever a provider does to find credentials (Bedrock reads
+        # them without HTTP) does not go through the pool.
+        assert len(health) == 1, health
+        ((key, before),) = health.items()
+        assert before["requests"] >= 1
+        assert before["failures"] == 0
+        fake.fault("reset")
+        with pytest.raises(errors.UnavailableError):
+            async with asyncio.timeout(DEADLINE):
+                # Another prompt, so no cache can answer in the provider's place.
+                await pipe.complete(self.full_model, "And now once more, please.")
+        after = pipe.health()[key]
+        assert after["requests"] > before["requests"]
+        assert after["failures"] >= 1
+        assert after["last_error"]
+
     async def test_stall_times_out_instead_of_hanging(self, pipe: Pipeline, fake: Any) -> None:
         fake.fault("stall")
         with pytest.raises(errors.ProviderTimeoutError):

@@ -28,7 +28,7 @@ from tollway.errors import (
     UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import EndpointStats, endpoint_key
+from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_sse
 from tollway.types import (
     ImagePart,
@@ -114,8 +114,9 @@ class AnthropicProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.timeout, sock_connect=settings.connect_timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._stats = EndpointStats()
+        # The pool's handle on this endpoint, taken on first use: it records health and
+        # hands out the current session, which the pool may rebuild after transport failures.
+        self._handle: Endpoint | None = None
         # Built on the first call, so a provider that is configured but never used needs no key.
         self._headers: dict[str, str] | None = None
         self._default_max_tokens = settings.default_max_tokens
@@ -168,19 +169,19 @@ class AnthropicProvider:
         payload["stream"] = True
         data = json.dumps(payload).encode()
         headers = self._headers or self._resolve_headers()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            response = await session.post(
+            response = await handle.session.post(
                 self._messages_url,
                 data=data,
                 headers=headers,
                 timeout=self._timeout_for(request.timeout),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, request.timeout) from exc
+        handle.ok(sent)
 
         request_id = response.headers.get("request-id")
         done = False
@@ -318,7 +319,7 @@ class AnthropicProvider:
                     request_id=request_id,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             if started and not isinstance(exc, TimeoutError):
                 raise StreamInterruptedError(
                     f"{self.name}'s stream was cut off: {type(exc).__name__}: {exc}",
@@ -365,19 +366,14 @@ class AnthropicProvider:
                 return models
 
     async def aclose(self) -> None:
-        # The session belongs to the pipeline's pool, which closes it; only forget it here.
-        self._session = None
+        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
+        self._handle = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = self._http.session(
-                self._base, limit=self.settings.max_connections
-            )
-            self._stats = self._http.stats.setdefault(self._endpoint, EndpointStats())
-        return session
+    def _take_handle(self) -> Endpoint:
+        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
+        return handle
 
     def _resolve_headers(self) -> dict[str, str]:
         settings = self.settings
@@ -416,19 +412,19 @@ class AnthropicProvider:
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         """The body and headers of a 2xx answer; every failure raised as a tollway error."""
         headers = self._headers or self._resolve_headers()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            async with session.request(
+            async with handle.session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
             ) as response:
                 body = await response.read()
                 status = response.status
                 response_headers = response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, seconds) from exc
+        handle.ok(sent)
         if status >= 400:
             raise self._count(self._status_error(status, body, response_headers))
         return body, response_headers
@@ -534,8 +530,8 @@ class AnthropicProvider:
 
     def _count(self, error: ProviderError) -> ProviderError:
         """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if error.retryable or isinstance(error, MalformedResponseError):
-            self._stats.failures += 1
+        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
+            self._handle.stats.failures += 1
         return error
 
     def _status_error(

@@ -33,7 +33,7 @@ from tollway.errors import (
     UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import EndpointStats, endpoint_key
+from tollway.providers.http import Endpoint, endpoint_key
 from tollway.types import (
     ImagePart,
     Message,
@@ -143,8 +143,11 @@ class BedrockProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.timeout, sock_connect=settings.connect_timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._stats = EndpointStats()
+        # The pool's handles on the runtime and the control plane, each taken on first use:
+        # they record health and hand out the current session, which the pool may rebuild
+        # after transport failures.
+        self._handle: Endpoint | None = None
+        self._control_handle: Endpoint | None = None
         # Signed headers start from these; a custom header is signed with the rest.
         self._headers = {"Content-Type": "application/json", **settings.headers}
         self._urls: dict[str, tuple[str, URL, str, URL]] = {}
@@ -165,9 +168,7 @@ class BedrockProvider:
         data = json.dumps(self._payload(request)).encode()
         url_text, url, _, _ = self._urls.get(model) or self._model_urls(model)
         started = time.perf_counter()
-        body, headers = await self._send(
-            "POST", url_text, url, data, request.timeout, self._base, runtime=True
-        )
+        body, headers = await self._send("POST", url_text, url, data, request.timeout)
         request_id = headers.get("x-amzn-RequestId")
         try:
             parsed = json.loads(body)
@@ -203,16 +204,16 @@ class BedrockProvider:
         data = json.dumps(self._payload(request)).encode()
         _, _, url_text, url = self._urls.get(model) or self._model_urls(model)
         headers = await self._signed_headers("POST", url_text, data)
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            response = await session.post(
+            response = await handle.session.post(
                 url, data=data, headers=headers, timeout=self._timeout_for(request.timeout)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, request.timeout, self._endpoint) from exc
+        handle.ok(sent)
 
         request_id = response.headers.get("x-amzn-RequestId")
         name = self.name
@@ -284,12 +285,12 @@ class BedrockProvider:
                     request_id=request_id,
                 )
         except TruncatedFrameError as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             raise StreamInterruptedError(
                 f"{name}'s stream was cut off: {exc}", provider=name, request_id=request_id
             ) from None
         except CorruptFrameError as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             raise MalformedResponseError(
                 f"{name} sent a damaged event stream: {exc}",
                 provider=name,
@@ -297,7 +298,7 @@ class BedrockProvider:
                 request_id=request_id,
             ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             if started and not isinstance(exc, TimeoutError):
                 raise StreamInterruptedError(
                     f"{name}'s stream was cut off: {type(exc).__name__}: {exc}",
@@ -321,7 +322,7 @@ class BedrockProvider:
         # Only models that answer in text: embedding and image models cannot converse.
         url_text = f"{self._control}/foundation-models?byOutputModality=TEXT"
         body, headers = await self._send(
-            "GET", url_text, URL(url_text, encoded=True), None, None, self._control, runtime=False
+            "GET", url_text, URL(url_text, encoded=True), None, None, control=True
         )
         try:
             summaries = json.loads(body)["modelSummaries"]
@@ -338,8 +339,8 @@ class BedrockProvider:
             raise self._unparseable(body, exc, headers.get("x-amzn-RequestId")) from None
 
     async def aclose(self) -> None:
-        # The session belongs to the pipeline's pool, which closes it; only forget it here.
-        self._session = None
+        # The sessions belong to the pipeline's pool, which closes them; only forget them here.
+        self._handle = self._control_handle = None
 
     # -- credentials and signing -----------------------------------------------------------
 
@@ -411,14 +412,14 @@ class BedrockProvider:
         self._urls[model] = urls
         return urls
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = self._http.session(
-                self._base, limit=self.settings.max_connections
-            )
-            self._stats = self._http.stats.setdefault(self._endpoint, EndpointStats())
-        return session
+    def _take_handle(self) -> Endpoint:
+        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
+        return handle
+
+    def _take_control_handle(self) -> Endpoint:
+        # The control plane serves only list_models: the pool's default limit is plenty.
+        handle = self._control_handle = self._http.endpoint(self._control)
+        return handle
 
     def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
         if seconds is None:
@@ -432,21 +433,19 @@ class BedrockProvider:
         url: URL,
         data: bytes | None,
         request_timeout: float | None,
-        base: str,
         *,
-        runtime: bool,
+        control: bool = False,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         """The body and headers of a 2xx answer; every failure raised as a tollway error."""
         headers = await self._signed_headers(method, url_text, data)
-        if runtime:
-            session = self._open_session()
-            stats = self._stats
+        # Taken after signing, so a call that fails for want of credentials touches no endpoint.
+        if control:
+            handle = self._control_handle or self._take_control_handle()
         else:
-            session = self._http.session(base)
-            stats = self._http.stats.setdefault(endpoint_key(base), EndpointStats())
-        stats.requests += 1
+            handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            async with session.request(
+            async with handle.session.request(
                 method,
                 url,
                 data=data,
@@ -457,12 +456,13 @@ class BedrockProvider:
                 status = response.status
                 response_headers = response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
-            raise self._transport_error(exc, request_timeout, endpoint_key(base)) from exc
+            handle.failed(sent, exc)
+            raise self._transport_error(exc, request_timeout, handle.key) from exc
+        handle.ok(sent)
         if status >= 400:
             error = self._status_error(status, body, response_headers)
             if error.retryable:
-                stats.failures += 1
+                handle.stats.failures += 1
             raise error
         return body, response_headers
 
@@ -572,8 +572,8 @@ class BedrockProvider:
 
     def _count(self, error: ProviderError) -> ProviderError:
         """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if error.retryable or isinstance(error, MalformedResponseError):
-            self._stats.failures += 1
+        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
+            self._handle.stats.failures += 1
         return error
 
     def _status_error(

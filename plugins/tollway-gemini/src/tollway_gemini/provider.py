@@ -33,7 +33,7 @@ from tollway.errors import (
     UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import EndpointStats, endpoint_key
+from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_sse
 from tollway.types import (
     ImagePart,
@@ -113,8 +113,9 @@ class GeminiProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.timeout, sock_connect=settings.connect_timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._stats = EndpointStats()
+        # The pool's handle on this endpoint, taken on first use: it records health and
+        # hands out the current session, which the pool may rebuild after transport failures.
+        self._handle: Endpoint | None = None
         # Built on the first call, so a provider that is configured but never used needs no key.
         self._headers: dict[str, str] | None = None
         self._urls: dict[str, tuple[URL, URL, str]] = {}
@@ -217,16 +218,16 @@ class GeminiProvider:
         _, url, label = self._urls.get(model) or self._urls_for(model)
         data = json.dumps(self._payload(request)).encode()
         headers = self._request_headers()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            response = await session.post(
+            response = await handle.session.post(
                 url, data=data, headers=headers, timeout=self._timeout_for(request.timeout)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, request.timeout) from exc
+        handle.ok(sent)
 
         done = False
         started = False
@@ -297,7 +298,7 @@ class GeminiProvider:
             done = True
             yield StreamChunk("", (), reason, usage, response_id, label)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             if started and not isinstance(exc, TimeoutError):
                 raise StreamInterruptedError(
                     f"{name}'s stream was cut off: {type(exc).__name__}: {exc}",
@@ -348,8 +349,8 @@ class GeminiProvider:
         )
 
     async def aclose(self) -> None:
-        # The session belongs to the pipeline's pool, which closes it; only forget it here.
-        self._session = None
+        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
+        self._handle = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -363,14 +364,9 @@ class GeminiProvider:
         self._urls[model] = urls
         return urls
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = self._http.session(
-                self._base, limit=self.settings.max_connections
-            )
-            self._stats = self._http.stats.setdefault(self._endpoint, EndpointStats())
-        return session
+    def _take_handle(self) -> Endpoint:
+        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
+        return handle
 
     def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
         if seconds is None:
@@ -382,19 +378,19 @@ class GeminiProvider:
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         """The body and headers of a 2xx answer; every failure raised as a tollway error."""
         headers = self._request_headers()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            async with session.request(
+            async with handle.session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
             ) as response:
                 body = await response.read()
                 status = response.status
                 response_headers = response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, seconds) from exc
+        handle.ok(sent)
         if status >= 400:
             raise self._count(self._status_error(status, body, response_headers))
         return body, response_headers
@@ -592,8 +588,8 @@ class GeminiProvider:
 
     def _count(self, error: ProviderError) -> ProviderError:
         """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if error.retryable or isinstance(error, MalformedResponseError):
-            self._stats.failures += 1
+        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
+            self._handle.stats.failures += 1
         return error
 
     def _status_error(

@@ -40,7 +40,7 @@ from tollway.errors import (
     UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import EndpointStats, endpoint_key
+from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_ndjson_lines
 from tollway.types import (
     ImagePart,
@@ -111,8 +111,9 @@ class OllamaProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.timeout, sock_connect=settings.connect_timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._stats = EndpointStats()
+        # The pool's handle on this endpoint, taken on first use: it records health and
+        # hands out the current session, which the pool may rebuild after transport failures.
+        self._handle: Endpoint | None = None
         # Built on the first call, so a key set in the environment after start-up is seen.
         self._headers: dict[str, str] | None = None
         self._keep_alive = _keep_alive(settings.keep_alive)
@@ -154,19 +155,19 @@ class OllamaProvider:
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         model = request.model_name
         data = json.dumps(self._payload(request, model, True)).encode()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            response = await session.post(
+            response = await handle.session.post(
                 self._chat_url,
                 data=data,
                 headers=self._headers or self._resolve_headers(),
                 timeout=self._timeout_for(request.timeout),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, request.timeout) from exc
+        handle.ok(sent)
 
         done = False
         started = False
@@ -226,7 +227,7 @@ class OllamaProvider:
                     request_id=request_id,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.stats.failures += 1
             if started and not done and not isinstance(exc, TimeoutError):
                 raise StreamInterruptedError(
                     f"{self.name}'s stream was cut off: {type(exc).__name__}: {exc}",
@@ -258,28 +259,28 @@ class OllamaProvider:
     async def ping(self) -> bool:
         """Whether an Ollama server answers at ``base_url`` (``GET /``), within the connect
         timeout. Never raises: a health probe wants yes or no."""
-        session = self._open_session()
+        handle = self._handle or self._take_handle()
         timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout)
+        sent = time.monotonic()
         try:
-            async with session.get(self._root_url, timeout=timeout) as response:
-                return response.status == 200 and "Ollama is running" in await response.text()
-        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            async with handle.session.get(self._root_url, timeout=timeout) as response:
+                status = response.status
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            handle.failed(sent, exc)
             return False
+        handle.ok(sent)
+        return status == 200 and b"Ollama is running" in body
 
     async def aclose(self) -> None:
-        # The session belongs to the pipeline's pool, which closes it; only forget it here.
-        self._session = None
+        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
+        self._handle = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = self._http.session(
-                self._base, limit=self.settings.max_connections
-            )
-            self._stats = self._http.stats.setdefault(self._endpoint, EndpointStats())
-        return session
+    def _take_handle(self) -> Endpoint:
+        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
+        return handle
 
     def _resolve_headers(self) -> dict[str, str]:
         settings = self.settings
@@ -304,19 +305,19 @@ class OllamaProvider:
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         """The body and headers of a 2xx answer; every failure raised as a tollway error."""
         headers = self._headers or self._resolve_headers()
-        session = self._open_session()
-        stats = self._stats
-        stats.requests += 1
+        handle = self._handle or self._take_handle()
+        sent = time.monotonic()
         try:
-            async with session.request(
+            async with handle.session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
             ) as response:
                 body = await response.read()
                 status = response.status
                 response_headers = response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
-            stats.failures += 1
+            handle.failed(sent, exc)
             raise self._transport_error(exc, seconds) from exc
+        handle.ok(sent)
         if status >= 400:
             raise self._count(self._status_error(status, body, response_headers, model))
         return body, response_headers
@@ -434,8 +435,8 @@ class OllamaProvider:
 
     def _count(self, error: ProviderError) -> ProviderError:
         """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if error.retryable or isinstance(error, MalformedResponseError):
-            self._stats.failures += 1
+        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
+            self._handle.stats.failures += 1
         return error
 
     def _status_error(

@@ -290,9 +290,7 @@ class OpenAIProvider:
     # -- HTTP ------------------------------------------------------------------------------
 
     def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(
-            self._base, limit=self.settings.max_connections
-        )
+        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
         return handle
 
     def _resolve_headers(self) -> dict[str, str]:
