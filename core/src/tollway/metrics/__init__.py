@@ -14,7 +14,20 @@ from typing import Any
 Labels = tuple[str, ...]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 
@@ -29,9 +42,7 @@ class _Metric:
 
     def _check(self, labels: Labels) -> None:
         if len(labels) != len(self.label_names):
-            raise ValueError(
-                f"metric {self.name} takes labels {self.label_names}, got {labels!r}"
-            )
+            raise ValueError(f"metric {self.name} takes labels {self.label_names}, got {labels!r}")
 
 
 class Counter(_Metric):
@@ -84,7 +95,10 @@ class Histogram(_Metric):
     kind = "histogram"
 
     def __init__(
-        self, name: str, help: str, labels: Sequence[str] = (),
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> None:
         super().__init__(name, help, labels)
@@ -117,8 +131,9 @@ class Metrics:
         self.prefix = prefix
         self._metrics: dict[str, _Metric] = {}
 
-    def _get(self, cls: type[Any], name: str, help: str, labels: Sequence[str],
-             **extra: Any) -> Any:
+    def _get(
+        self, cls: type[Any], name: str, help: str, labels: Sequence[str], **extra: Any
+    ) -> Any:
         full = self.prefix + name
         found = self._metrics.get(full)
         if found is None:
@@ -135,8 +150,13 @@ class Metrics:
         gauge: Gauge = self._get(Gauge, name, help, labels)
         return gauge
 
-    def histogram(self, name: str, help: str, labels: Sequence[str] = (),
-                  buckets: Sequence[float] = DEFAULT_BUCKETS) -> Histogram:
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
         histogram: Histogram = self._get(Histogram, name, help, labels, buckets=buckets)
         return histogram
 
@@ -168,8 +188,9 @@ class Metrics:
             lines.append(f"# HELP {metric.name} {metric.help}")
             lines.append(f"# TYPE {metric.name} {metric.kind}")
             for labels, value in metric.values.items():
-                pairs = [f'{n}="{_escape(v)}"'
-                         for n, v in zip(metric.label_names, labels, strict=True)]
+                pairs = [
+                    f'{n}="{_escape(v)}"' for n, v in zip(metric.label_names, labels, strict=True)
+                ]
                 if isinstance(metric, Histogram):
                     counts, total = value
                     running = 0
