@@ -291,3 +291,13 @@ def test_empty_config_has_defaults(plugins: PluginManager) -> None:
     assert config.providers == {}
     assert config.default_model is None
     assert config.logging.level == "warning"
+
+
+def test_a_string_where_a_list_of_models_belongs_names_the_key() -> None:
+    from tollway.errors import ConfigError
+    from tollway.plugins import PluginManager
+
+    with pytest.raises(ConfigError) as info:
+        load_config(data={"fallbacks": {"a/b": "openai/x"}}, plugins=PluginManager(), environ={})
+    assert "fallbacks" in str(info.value)
+    assert "expected a list of strings" in str(info.value)

@@ -262,6 +262,6 @@ def test_a_string_where_a_list_belongs_is_named() -> None:
     from tollway.plugins import build_plugin_manager
 
     plugins = build_plugin_manager([], load_entrypoints=False)
-    config = load_config(data={"fallbacks": {"a/one": "b/two"}}, plugins=plugins, environ={})
-    with pytest.raises(ConfigError, match=r'expected a list of models.*\["b/two"\]'):
-        Pipeline.build(providers={"a": Scripted("a"), "b": Scripted("b")}, config=config)
+    # Refused when the config is loaded, naming the key, before any pipeline is built.
+    with pytest.raises(ConfigError, match=r"fallbacks\.a/one: expected a list of strings"):
+        load_config(data={"fallbacks": {"a/one": "b/two"}}, plugins=plugins, environ={})

@@ -58,8 +58,21 @@ def _structure_decimal(value: Any, _type: Any) -> Decimal:
     return Decimal(value)
 
 
+def _structure_str_list(value: Any, _type: Any) -> list[str]:
+    # cattrs would iterate a string into its characters; a list was meant.
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list of strings, got {type(value).__name__} {value!r}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"expected a list of strings, found {type(item).__name__} {item!r}")
+        out.append(item)
+    return out
+
+
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
     converter.register_structure_hook(str | tuple[ContentPart, ...], _structure_content)
     converter.register_structure_hook(str | Mapping[str, Any] | None, _structure_tool_choice)
     converter.register_structure_hook(Secret, _structure_secret)

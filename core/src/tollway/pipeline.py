@@ -387,16 +387,24 @@ class Pipeline:
         cache_ttl: float | None = None,
         priority: int | None = None,
         fallbacks: Sequence[str] | None = None,
+        retry: bool | None = None,
         controls: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> Request:
         """Build the Request that :meth:`complete` would send, routed to its canonical model.
 
-        ``cache`` ("no-cache", "no-store" or "off"), ``cache_ttl``, ``priority`` and
-        ``fallbacks`` direct tollway's own stages; anything unknown goes to the provider.
+        ``cache`` ("no-cache", "no-store" or "off"), ``cache_ttl``, ``priority``,
+        ``fallbacks`` (``[]`` for none) and ``retry`` (False for none) direct tollway's own
+        stages; anything unknown goes to the provider.
         """
         _, canonical = self._state.router.route(model or self.default_model)
-        if cache is not None or cache_ttl is not None or priority is not None or fallbacks:
+        if (
+            cache is not None
+            or cache_ttl is not None
+            or priority is not None
+            or fallbacks is not None
+            or retry is not None
+        ):
             controls = dict(controls or {})
             if cache is not None:
                 if cache not in _CACHE_DIRECTIVES:
@@ -408,8 +416,10 @@ class Pipeline:
                 controls["cache_ttl"] = cache_ttl
             if priority is not None:
                 controls["priority"] = priority
-            if fallbacks:
+            if fallbacks is not None:
                 controls["fallbacks"] = list(fallbacks)
+            if retry is not None:
+                controls["retry"] = retry
         return Request(
             model=canonical,
             messages=to_messages(messages),
