@@ -45,17 +45,13 @@ def canonical(value: Any) -> Any:
 
 
 def _message(message: Message) -> dict[str, Any]:
+    # Built in canonical form directly (strings and lists only, no None): the messages are most
+    # of a request, and canonical() would walk them again for nothing.
     out: dict[str, Any] = {"role": message.role}
     if isinstance(message.content, str):
         out["content"] = message.content
     else:
-        out["content"] = [
-            {"type": "text", "text": part.text}
-            if isinstance(part, TextPart)
-            else {"type": "image", "url": part.url, "detail": part.detail}
-            for part in message.content
-            if isinstance(part, (TextPart, ImagePart))
-        ]
+        out["content"] = [_part(part) for part in message.content]
     if message.tool_calls:
         out["tool_calls"] = [[c.id, c.name, c.arguments] for c in message.tool_calls]
     if message.tool_call_id is not None:
@@ -65,8 +61,20 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _part(part: TextPart | ImagePart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if part.detail is None:
+        return {"type": "image", "url": part.url}
+    return {"type": "image", "url": part.url, "detail": part.detail}
+
+
 def _tool(tool: Tool) -> dict[str, Any]:
-    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": canonical(tool.parameters),
+    }
 
 
 def request_fields(request: Request) -> dict[str, Any]:
@@ -74,21 +82,29 @@ def request_fields(request: Request) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model": request.model,
         "messages": [_message(m) for m in request.messages],
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "seed": request.seed,
-        "tool_choice": request.tool_choice,
-        "response_format": request.response_format,
     }
+    if request.max_tokens is not None:
+        fields["max_tokens"] = canonical(request.max_tokens)
+    if request.temperature is not None:
+        fields["temperature"] = canonical(request.temperature)
+    if request.top_p is not None:
+        fields["top_p"] = canonical(request.top_p)
+    if request.seed is not None:
+        fields["seed"] = canonical(request.seed)
+    if request.tool_choice is not None:
+        fields["tool_choice"] = canonical(request.tool_choice)
+    if request.response_format is not None:
+        fields["response_format"] = canonical(request.response_format)
     if request.stop:
-        fields["stop"] = list(request.stop)
+        # Stop sequences are a set to the provider: their order and repeats change nothing.
+        fields["stop"] = sorted(set(request.stop))
     if request.tools:
         fields["tools"] = [_tool(t) for t in request.tools]
     if request.extra:
-        fields["extra"] = request.extra
-    canon: dict[str, Any] = canonical(fields)
-    return canon
+        extra = canonical(request.extra)
+        if extra:  # {"x": None} passes nothing, the same as no extra at all
+            fields["extra"] = extra
+    return fields
 
 
 def request_key(request: Request, namespace: str = "tollway") -> str:
