@@ -92,10 +92,13 @@ def tollway_register_rate_limiters(register: Callable[..., None]) -> None:
     """Offer rate-limit state shared across processes.
 
     Call ``register(name, factory)``; ``factory(config, metrics)`` gets the
-    :class:`tollway.resilience.config.RateLimitConfig` and returns an object with an async
-    ``acquire(key, requests, tokens, rule)`` that returns how many seconds the caller must
-    wait (0 when admitted now), and ``aclose()``. ``[rate_limits] backend = NAME`` selects it;
-    the built-in ``local`` one keeps the buckets in the process.
+    :class:`tollway.resilience.config.RateLimitConfig` and returns an object with async
+    ``acquire(demands) -> (wait_seconds, index)`` (takes every
+    ``(tollway.resilience.ratelimit.Bucket, amount)`` demand or none: ``(0.0, -1)`` when taken,
+    else the seconds until all fit and the index of the demand that waits longest), async
+    ``adjust(demands)`` (amounts above 0 charge, debt allowed; below 0 refund up to capacity)
+    and ``aclose()``. ``[rate_limits] backend = NAME`` selects it; the built-in ``local`` one
+    keeps the buckets in the process. The queue, priorities and fairness stay in the process.
     """
 
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, ModuleType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,6 +42,9 @@ from tollway.types import (
     Tool,
     ToolCall,
 )
+
+if TYPE_CHECKING:
+    from tollway.cache.stage import CacheStage
 
 log = structlog.get_logger("tollway.pipeline")
 
@@ -509,6 +512,13 @@ class Pipeline:
         for name in names:
             models.extend(await router.instance(name).list_models())
         return models
+
+    @property
+    def cache(self) -> CacheStage | None:
+        """The cache stage, for ``await pipe.cache.invalidate(model=..., tag=...)``; None when
+        the cache is off."""
+        found = self._state.builtin.get("cache")
+        return found[1] if found is not None else None  # type: ignore[return-value]
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per endpoint: open, in-use and idle connections, requests, failures, latency."""

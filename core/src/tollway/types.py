@@ -204,6 +204,11 @@ class Response:
     cost: Cost | None = None
     request_id: str | None = None
     latency_s: float | None = None
+    # The provider's rate-limit headers (lowercase names), where it sends them: what the
+    # rate-limit stage learns the provider's own limits from.
+    rate_limit: Mapping[str, str] | None = None
+    # True when the answer came from tollway's cache rather than the provider.
+    cached: bool = False
 
     @property
     def text(self) -> str:

@@ -662,3 +662,27 @@ def test_fast_json_decoding_agrees_with_json_loads() -> None:
     for text in ('{"a": 1} trailing', "", "{", "[DONE]"):
         with pytest.raises(ValueError):
             _decode(text)
+
+
+async def test_rate_limit_headers_reach_the_response(fake_openai: FakeOpenAI) -> None:
+    from tollway import Pipeline
+
+    fake_openai.response_headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-remaining-tokens": "149000",
+        "x-ratelimit-reset-requests": "120ms",
+    }
+    async with Pipeline.build(
+        providers={"openai": {"base_url": fake_openai.base_url, "api_key": "sk-test"}}
+    ) as pipe:
+        reply = await pipe.complete("openai/gpt-4o-mini", "hi")
+        fake_openai.response_headers = {}
+        plain = await pipe.complete("openai/gpt-4o-mini", "hi")
+    assert reply.rate_limit == {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-remaining-tokens": "149000",
+        "x-ratelimit-reset-requests": "120ms",
+    }
+    assert plain.rate_limit is None

@@ -207,6 +207,8 @@ class FakeOpenAI:
     ) -> None:
         self.require_api_key = require_api_key
         self.latency = latency
+        # Sent on every answer, as OpenAI sends its x-ratelimit-* headers.
+        self.response_headers: dict[str, str] = {}
         self.chunk_delay = chunk_delay
         self.models = list(models)
         self.azure_deployments = dict(azure_deployments) if azure_deployments is not None else None
@@ -229,6 +231,7 @@ class FakeOpenAI:
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
         app.router.add_get("/openai/models", self._azure_models)
         app.on_response_prepare.append(_stamp_headers)
+        app.on_response_prepare.append(self._extra_headers)
         # A short shutdown timeout: a handler still running at close (a stalled answer) is
         # cancelled instead of holding the test up for aiohttp's default minute.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -343,6 +346,10 @@ class FakeOpenAI:
         self._outcomes.extend([_Fault(kind)] * times)
 
     # -- plumbing --------------------------------------------------------------------------
+
+    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in self.response_headers.items():
+            response.headers[name] = value
 
     @web.middleware
     async def _record_middleware(

@@ -184,6 +184,7 @@ class OpenAIProvider:
                 None,
                 response_headers.get("x-request-id") or response_headers.get("apim-request-id"),
                 time.perf_counter() - started,
+                _rate_limit(response_headers),
             )
         except _PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
@@ -589,6 +590,25 @@ def _tool_delta(call: Mapping[str, Any], position: int) -> ToolCallDelta:
         function.get("name"),
         function.get("arguments") or "",
     )
+
+
+def _rate_limit(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """OpenAI's x-ratelimit-* headers, for the rate-limit stage to learn the real limits from."""
+    if "x-ratelimit-remaining-requests" not in headers and (
+        "x-ratelimit-remaining-tokens" not in headers
+    ):
+        return None
+    return {name: headers[name] for name in _RATE_LIMIT_HEADERS if name in headers}
+
+
+_RATE_LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
 
 
 def _usage(usage: Mapping[str, Any] | None) -> Usage:
