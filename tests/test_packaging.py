@@ -26,6 +26,9 @@ DISTRIBUTIONS = (
     "tollway_bedrock",
     "tollway_ollama",
     "tollway_redis",
+    "tollway_genai_prices",
+    "tollway_postgres",
+    "tollway_reports",
 )
 
 pytestmark = pytest.mark.slow

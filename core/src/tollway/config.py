@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from tollway.budgets.config import BudgetsConfig
 from tollway.cache.config import CacheConfig
 from tollway.errors import ConfigError
+from tollway.pricing.config import PricingConfig
 from tollway.providers.base import ProviderSettings
 from tollway.resilience.config import (
     CircuitBreakerConfig,
@@ -31,6 +33,7 @@ from tollway.resilience.config import (
     RetryConfig,
     SingleFlightConfig,
 )
+from tollway.usage.config import UsageConfig
 
 if TYPE_CHECKING:
     from tollway.plugins import PluginManager
@@ -70,6 +73,9 @@ class Config:
     watch: bool = False
     watch_interval: float = 1.0
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    pricing: PricingConfig = attrs.field(factory=PricingConfig)
+    usage: UsageConfig = attrs.field(factory=UsageConfig)
+    budgets: BudgetsConfig = attrs.field(factory=BudgetsConfig)
     cache: CacheConfig = attrs.field(factory=CacheConfig)
     single_flight: SingleFlightConfig = attrs.field(factory=SingleFlightConfig)
     rate_limits: RateLimitConfig = attrs.field(factory=RateLimitConfig)

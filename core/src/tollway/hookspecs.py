@@ -114,6 +114,18 @@ def tollway_register_coalescers(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def tollway_register_budget_counters(register: Callable[..., None]) -> None:
+    """Offer budget counters shared across processes.
+
+    Call ``register(name, factory)``; ``factory(config, metrics)`` gets the
+    :class:`tollway.budgets.config.BudgetsConfig` and returns the counters the budget stage
+    reserves on before a call and settles after it (see ``docs/budgets.md``), atomically
+    across every process that shares them. ``[budgets] backend = NAME`` selects it; the
+    built-in ``local`` one keeps the counters in the process.
+    """
+
+
 @hookspec(firstresult=True)
 def tollway_resolve_model(model: str) -> str | None:
     """Rewrite a model name before it is routed, or return ``None`` to leave it alone.

@@ -41,6 +41,7 @@ _REGISTRATION_HOOKS = (
     "tollway_register_usage_stores",
     "tollway_register_rate_limiters",
     "tollway_register_coalescers",
+    "tollway_register_budget_counters",
 )
 
 

@@ -29,11 +29,20 @@ class StageContext:
     metrics: Metrics
     # The canonical PROVIDER/MODEL for any model string (aliases and defaults applied).
     route: Callable[[str], str]
+    # Objects several stages of one assembly share, made by the first that needs them
+    # (the pricer, the usage store): ``context.shared.setdefault(...)`` or a helper like
+    # ``tollway.pricing.pricer.pricer_for(context)``.
+    shared: dict[str, Any] = attrs.field(factory=dict)
 
 
 # (kind, the config attribute, "module:Class"), outermost first. A fallback tries each model
 # through retries; each attempt waits for its rate limit, then passes its endpoint's breaker.
 BUILTIN_STAGES: tuple[tuple[str, str, str], ...] = (
+    # Usage records what the stages inside it settled; budgets reserve before and settle
+    # after; cost prices every answer, cache hits included (at zero, with their saving).
+    ("usage", "usage", "tollway.usage.stage:UsageStage"),
+    ("budget", "budgets", "tollway.budgets.stage:BudgetStage"),
+    ("cost", "pricing", "tollway.pricing.stage:CostStage"),
     ("cache", "cache", "tollway.cache.stage:CacheStage"),
     ("single_flight", "single_flight", "tollway.resilience.singleflight:SingleFlightStage"),
     ("fallback", "fallbacks", "tollway.resilience.fallback:FallbackStage"),
@@ -49,6 +58,13 @@ def _enabled(section: Any) -> bool:
     return bool(getattr(section, "enabled", False))
 
 
+def _section_enabled(config: Config, kind: str, section: Any) -> bool:
+    if kind == "cost":
+        # Usage records and budgets are in money: they need every answer priced.
+        return _enabled(section) or config.usage.enabled or config.budgets.enabled
+    return _enabled(section)
+
+
 def build_stages(
     context: StageContext, previous: Mapping[str, tuple[Any, Stage]] | None = None
 ) -> dict[str, tuple[Any, Stage]]:
@@ -56,7 +72,7 @@ def build_stages(
     built: dict[str, tuple[Any, Stage]] = {}
     for kind, attribute, target in BUILTIN_STAGES:
         section = getattr(context.config, attribute)
-        if not _enabled(section):
+        if not _section_enabled(context.config, kind, section):
             continue
         old = (previous or {}).get(kind)
         if old is not None and old[0] == section:

@@ -239,6 +239,8 @@ class StreamChunk:
     usage: Usage | None = None
     id: str | None = None
     model: str | None = None
+    # Set on the chunk that carries usage, once the cost stage has priced it.
+    cost: Cost | None = None
 
 
 @attrs.frozen(slots=True)

@@ -226,3 +226,8 @@ def models(provider: str | None, config_path: str | None) -> None:
                 click.echo(f"{info.provider}/{info.id}")
 
     asyncio.run(run())
+
+
+# Subcommands of their own modules register on ``main`` when imported; each keeps its heavy
+# imports inside its functions, so ``tollway --help`` stays fast.
+from tollway.cli import budget, report, usage  # noqa: E402, F401

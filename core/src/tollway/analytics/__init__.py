@@ -1,0 +1,1 @@
+"""Analytics: spend over time, trends, forecasts, recommendations and reports."""

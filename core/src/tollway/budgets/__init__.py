@@ -1,0 +1,1 @@
+"""Budgets: limits on spend, reserved before a call and settled after it."""

@@ -1,0 +1,3 @@
+"""`tollway budget`: being written."""
+
+from __future__ import annotations

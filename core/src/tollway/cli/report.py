@@ -1,0 +1,3 @@
+"""`tollway report`: being written."""
+
+from __future__ import annotations

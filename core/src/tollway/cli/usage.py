@@ -1,0 +1,3 @@
+"""`tollway usage`: being written."""
+
+from __future__ import annotations

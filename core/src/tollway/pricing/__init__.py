@@ -1,0 +1,1 @@
+"""Prices: per-model rates from price sources, and the cost of every call."""

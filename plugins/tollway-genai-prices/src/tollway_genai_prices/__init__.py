@@ -1,0 +1,1 @@
+"""tollway-genai-prices (being written)."""

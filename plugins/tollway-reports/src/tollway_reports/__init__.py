@@ -1,0 +1,1 @@
+"""tollway-reports (being written)."""
