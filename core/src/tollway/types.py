@@ -209,6 +209,8 @@ class Response:
     rate_limit: Mapping[str, str] | None = None
     # True when the answer came from tollway's cache rather than the provider.
     cached: bool = False
+    # What a cache hit saved: the price the provider would have charged (cost is then zero).
+    saved: Decimal = _ZERO
 
     @property
     def text(self) -> str:
