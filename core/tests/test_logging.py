@@ -95,3 +95,24 @@ def test_configured_logging_redacts_events_and_bound_context(configured: io.Stri
     assert '"user": "u-17"' in text
     for secret in ("sk-live-123", "sk-bound-999", "sk-secret-456", "sk-debug"):
         assert secret not in text
+
+
+def test_library_logs_stay_quiet_until_the_application_asks(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import structlog
+
+    from tollway.logging import get_logger
+
+    structlog.reset_defaults()
+    log = get_logger("tollway.test")
+    log.debug("retrying", attempt=2)
+    log.info("reloaded")
+    assert capsys.readouterr() == ("", "")
+
+    with caplog.at_level(logging.DEBUG, logger="tollway.test"):
+        log.debug("retrying", attempt=2, api_key="sk-secret")
+    assert "retrying attempt=2" in caplog.text
+    assert "sk-secret" not in caplog.text

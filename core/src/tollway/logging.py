@@ -68,3 +68,48 @@ def configure_logging(level: str = "warning", format: str = "console") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class TollwayLogger:
+    """What tollway's modules log through.
+
+    A library must not print unless the application asks: with structlog configured (by the
+    application, or by the CLI through :func:`configure_logging`) events go through structlog;
+    otherwise they go to the standard ``logging`` module under the logger's name, where nothing
+    below WARNING shows unless the application turns it on.
+    """
+
+    __slots__ = ("_name", "_std")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._std = logging.getLogger(name)
+
+    def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            getattr(structlog.get_logger(self._name), method)(event, **fields)
+            return
+        if not self._std.isEnabledFor(level):
+            return
+        redact_secrets(None, method, fields)
+        detail = " ".join(f"{key}={value!r}" for key, value in fields.items())
+        self._std.log(level, "%s %s", event, detail)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, "error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, "exception", event, fields)
+
+
+def get_logger(name: str) -> TollwayLogger:
+    return TollwayLogger(name)

@@ -21,10 +21,9 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from tollway.config import Config, find_config_file, load_config, structure_provider
 from tollway.errors import ConfigError, TollwayError, UnknownModelError
+from tollway.logging import get_logger
 from tollway.metrics import Metrics
 from tollway.plugins import PluginManager, build_plugin_manager
 from tollway.providers.base import Provider, ProviderContext, ProviderSettings
@@ -46,7 +45,7 @@ from tollway.types import (
 if TYPE_CHECKING:
     from tollway.cache.stage import CacheStage
 
-log = structlog.get_logger("tollway.pipeline")
+log = get_logger("tollway.pipeline")
 
 CompleteFn = Callable[[Request], Awaitable[Response]]
 StreamFn = Callable[[Request], AsyncIterator[StreamChunk]]

@@ -23,14 +23,14 @@ from typing import Any
 
 import attrs
 import pluggy
-import structlog
 
 from tollway import hookspecs
 from tollway.errors import PluginError
+from tollway.logging import get_logger
 from tollway.providers.base import ProviderSettings, ProviderType
 
 ENTRYPOINT_GROUP = "tollway"
-log = structlog.get_logger("tollway.plugins")
+log = get_logger("tollway.plugins")
 
 _REGISTRATION_HOOKS = (
     "tollway_register_providers",

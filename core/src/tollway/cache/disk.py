@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import diskcache
-import structlog
 
 from tollway.cache.backend import EntryError, check_filters, key_matches, key_prefix
+from tollway.logging import get_logger
 
 if TYPE_CHECKING:
     from tollway.cache.config import CacheConfig
 
 T = TypeVar("T")
-log = structlog.get_logger("tollway.cache")
+log = get_logger("tollway.cache")
 
 _TAG_ROW = "\x1ftag\x1f"
 # Settings of diskcache.Cache that [cache] options may set; the disk itself is never one.

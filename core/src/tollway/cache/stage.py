@@ -22,8 +22,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from tollway.cache.backend import (
     CacheBackend,
     CacheEntry,
@@ -34,6 +32,7 @@ from tollway.cache.backend import (
 )
 from tollway.cache.keys import request_key
 from tollway.errors import ConfigError, TollwayError
+from tollway.logging import get_logger
 from tollway.metrics import Metrics
 from tollway.pipeline import CompleteFn, Stage, StreamFn
 from tollway.types import Request, Response, StreamChunk
@@ -41,7 +40,7 @@ from tollway.types import Request, Response, StreamChunk
 if TYPE_CHECKING:
     from tollway.stages import StageContext
 
-log = structlog.get_logger("tollway.cache")
+log = get_logger("tollway.cache")
 
 # Answers that are not what the same call would give again: cut off, or filtered.
 _UNSTORABLE = frozenset((None, "content_filter", "error"))

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
-import structlog
+
+from tollway.logging import get_logger
 
 if TYPE_CHECKING:
     import aiohttp
 
 
-log = structlog.get_logger("tollway.http")
+log = get_logger("tollway.http")
 
 
 def endpoint_key(url: str) -> str:

@@ -21,9 +21,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from tollway.errors import CircuitOpenError, MalformedResponseError, TollwayError
+from tollway.logging import get_logger
 from tollway.pipeline import CompleteFn, Stage, StreamFn
 from tollway.resilience.config import CircuitBreakerConfig
 from tollway.types import Request, Response, StreamChunk
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from tollway.metrics import Counter, Gauge, Metrics
     from tollway.stages import StageContext
 
-log = structlog.get_logger("tollway.circuit_breaker")
+log = get_logger("tollway.circuit_breaker")
 
 Clock = Callable[[], float]
 

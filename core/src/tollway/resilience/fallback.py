@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 
 from tollway.errors import ConfigError, MalformedResponseError, TollwayError
+from tollway.logging import get_logger
 from tollway.pipeline import CompleteFn, Stage, StreamFn
 from tollway.types import Request, Response, StreamChunk
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tollway.metrics import Metrics
     from tollway.stages import StageContext
 
-log = structlog.get_logger("tollway.fallback")
+log = get_logger("tollway.fallback")
 
 
 def falls_back(exc: TollwayError) -> bool:

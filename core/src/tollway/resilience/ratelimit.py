@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from tollway.errors import ConfigError, QueueTimeoutError, RateLimitedError, TollwayError
+from tollway.logging import get_logger
 from tollway.pipeline import Stage
 from tollway.types import Request, Response, StreamChunk
 
@@ -654,9 +655,7 @@ class RateLimitStage(Stage):
             try:
                 await work
             except Exception as exc:  # a settle that fails must not fail anything else
-                import structlog
-
-                structlog.get_logger("tollway.ratelimit").warning(
+                get_logger("tollway.ratelimit").warning(
                     "ratelimit_adjust_failed", error=f"{type(exc).__name__}: {exc}"
                 )
 

@@ -19,9 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from tollway.errors import CircuitOpenError, QueueTimeoutError, TollwayError
+from tollway.logging import get_logger
 from tollway.pipeline import CompleteFn, Stage, StreamFn
 from tollway.resilience.config import RetryConfig, RetryPolicy
 from tollway.types import Request, Response, StreamChunk
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from tollway.metrics import Metrics
     from tollway.stages import StageContext
 
-log = structlog.get_logger("tollway.retry")
+log = get_logger("tollway.retry")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]

@@ -20,8 +20,17 @@ _ZERO = Decimal(0)
 
 # What a query may filter and group by, besides the time bucket and ``tag:NAME``.
 DIMENSIONS: frozenset[str] = frozenset(
-    ("provider", "model", "user", "session", "team", "api_key_id", "prompt_hash", "cached",
-     "stream")
+    (
+        "provider",
+        "model",
+        "user",
+        "session",
+        "team",
+        "api_key_id",
+        "prompt_hash",
+        "cached",
+        "stream",
+    )
 )
 BUCKETS: frozenset[str] = frozenset(("hour", "day", "week", "month"))
 

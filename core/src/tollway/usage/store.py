@@ -74,11 +74,21 @@ def aggregate(records: Sequence[UsageRecord], query: UsageQuery) -> list[UsageRo
         if not matches(record, query):
             continue
         key = tuple(dimension_value(record, name) for name in query.group_by)
-        row = sums.setdefault(key, {
-            "calls": 0, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
-            "cache_write_tokens": 0, "reasoning_tokens": 0, "cost": Decimal(0),
-            "saved": Decimal(0), "cached_calls": 0, "currency": record.cost.currency,
-        })
+        row = sums.setdefault(
+            key,
+            {
+                "calls": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cache_read_tokens": 0,
+                "cache_write_tokens": 0,
+                "reasoning_tokens": 0,
+                "cost": Decimal(0),
+                "saved": Decimal(0),
+                "cached_calls": 0,
+                "currency": record.cost.currency,
+            },
+        )
         usage = record.usage
         row["calls"] += 1
         row["input_tokens"] += usage.input_tokens

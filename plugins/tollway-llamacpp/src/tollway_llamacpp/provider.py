@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 
 from tollway.errors import (
     BadRequestError,
@@ -29,6 +28,7 @@ from tollway.errors import (
     ProviderError,
     TollwayError,
 )
+from tollway.logging import get_logger
 from tollway.types import ImagePart, Message, ModelInfo, Request, Response, StreamChunk, Usage
 from tollway_llamacpp.control import Generated, GenerationCancelled, GenerationControl
 from tollway_llamacpp.model_files import (
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from tollway.providers import ProviderContext
     from tollway_llamacpp.engine import Engine
 
-log = structlog.get_logger("tollway.llamacpp")
+log = get_logger("tollway.llamacpp")
 
 # How many streamed pieces the worker may produce ahead of the consumer.
 STREAM_BUFFER = 16

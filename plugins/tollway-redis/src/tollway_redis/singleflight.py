@@ -30,19 +30,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import tollway.errors as tollway_errors
 from tollway.converter import converter
 from tollway.errors import ConfigError, StreamInterruptedError, TollwayError
+from tollway.logging import get_logger
 from tollway.metrics import Metrics
 from tollway.resilience.config import SingleFlightConfig
 from tollway.resilience.singleflight import LocalCoalescer
 from tollway.types import Response, StreamChunk, ToolCallDelta, Usage
 
-log = structlog.get_logger("tollway.singleflight.redis")
+log = get_logger("tollway.singleflight.redis")
 
 CallComplete = Callable[[], Awaitable[Response]]
 CallStream = Callable[[], AsyncIterator[StreamChunk]]
