@@ -12,24 +12,19 @@ from __future__ import annotations
 import asyncio
 
 from tollway import Pipeline
-from tollway.config import load_config
-from tollway.plugins import build_plugin_manager
 from tollway.testing import FakeOpenAI
 
 
 async def main() -> None:
     async with FakeOpenAI() as fake:
-        config = load_config(
-            data={
-                "cache": {"enabled": True, "backend": "memory", "ttl": 600},
-                "retry": {"enabled": True, "max_attempts": 4, "base_delay": 0.01},
-                "circuit_breaker": {"enabled": True},
-            },
-            plugins=build_plugin_manager(),
-            environ={},
-        )
         providers = {"openai": {"base_url": fake.base_url, "api_key": "sk-example"}}
-        async with Pipeline.build(providers=providers, config=config) as pipe:
+        # The same tables as in tollway.toml, checked the same way.
+        settings = {
+            "cache": {"enabled": True, "backend": "memory", "ttl": 600},
+            "retry": {"enabled": True, "max_attempts": 4, "base_delay": 0.01},
+            "circuit_breaker": {"enabled": True},
+        }
+        async with Pipeline.build(providers=providers, settings=settings) as pipe:
             model = "openai/gpt-4o-mini"
 
             reply = await pipe.complete(model, "Name three colours of the rainbow", user="u-17")

@@ -377,3 +377,12 @@ async def test_reload_with_an_invalid_config_raises_and_keeps_the_old(tmp_path: 
         with pytest.raises(ConfigError, match=expected):
             pipe.reload()
         assert (await pipe.complete("work/m", "x")).text == "good:x"
+
+
+async def test_settings_in_code_are_checked_like_a_file() -> None:
+    async with Pipeline.build(
+        providers={"p": ScriptedProvider("p")}, settings={"retry": {"enabled": True}}
+    ) as pipe:
+        assert "retry" in pipe._state.builtin
+    with pytest.raises(ConfigError, match=r"retry\.enabeld.*did you mean 'enabled'"):
+        Pipeline.build(providers={"p": ScriptedProvider("p")}, settings={"retry": {"enabeld": 1}})

@@ -270,12 +270,15 @@ class Pipeline:
         plugins: Iterable[ModuleType | object] = (),
         load_entrypoints: bool = True,
         config: Config | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> Pipeline:
         """Assemble a pipeline in code.
 
         ``providers`` maps instance names to a config table (as in ``[providers.NAME]``), a
-        settings object, or a ready Provider object. ``plugins`` are registered after the
-        installed ones, so they can override them.
+        settings object, or a ready Provider object. ``settings`` holds any other tables of
+        the config file, e.g. ``{"cache": {"enabled": True}, "retry": {"enabled": True}}``,
+        checked exactly as a file would be. ``plugins`` are registered after the installed
+        ones, so they can override them.
         """
         manager = build_plugin_manager(plugins, load_entrypoints=load_entrypoints)
         fixed: dict[str, Provider] = {}
@@ -291,8 +294,10 @@ class Pipeline:
                     f"{type(value).__name__}",
                     key=f"providers.{name}",
                 )
+        if config is not None and settings:
+            raise ConfigError("pass either config or settings, not both")
         if config is None:
-            data: dict[str, Any] = {}
+            data: dict[str, Any] = dict(settings or {})
             if default_model is not None:
                 data["default_model"] = default_model
             if aliases:
