@@ -18,30 +18,32 @@ It is stricter than a mock: requests that the real API rejects (no ``max_tokens`
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import re
 import secrets
-import socket
-import struct
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
+
+from tollway.testing._server import (
+    BODY,
+    PIECE_RE,
+    REQUEST_ID,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    cut_body,
+    reset_connection,
+    truncate,
+)
 
 __all__ = ["DEFAULT_MODELS", "FakeAnthropic", "Fault", "RecordedRequest"]
-
-Fault = Literal["reset", "stall", "malformed", "cut_stream", "mid_stream_error"]
-FAULTS: frozenset[str] = frozenset(
-    ("reset", "stall", "malformed", "cut_stream", "mid_stream_error")
-)
 
 # Newest first, as /v1/models lists them: id -> (display name, release date).
 DEFAULT_MODELS: dict[str, tuple[str, str]] = {
@@ -62,9 +64,6 @@ _TOKENS_PER_IMAGE = 1568
 _MIN_CACHEABLE_TOKENS = 1024  # Sonnet and Opus; shorter prefixes are silently not cached
 _MIN_THINKING_BUDGET = 1024
 
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-# Splits before each whitespace run that follows a word, so the pieces join back to the text.
-_PIECE_RE = re.compile(r"(?<=\S)(?=\s)")
 _JSON_FRAGMENT = 8
 _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
@@ -144,22 +143,7 @@ _ASSISTANT_BLOCKS = frozenset(
     ("text", "tool_use", "thinking", "redacted_thinking", "server_tool_use")
 )
 
-_REQUEST_ID = web.RequestKey("tollway_fake_request_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_json")
 _ORGANIZATION = str(uuid.UUID(int=0x70_11_3A_7E))
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request the fake received, as it arrived."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    json: Any
-    request_id: str
 
 
 @attrs.frozen
@@ -190,7 +174,6 @@ class _Fault:
 
 
 _Outcome: TypeAlias = _Reply | _Failure | _Fault
-_Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.frozen
@@ -213,7 +196,7 @@ class _Invalid(Exception):
         self.message = message
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[_Outcome]):
     """An aiohttp.web server on 127.0.0.1 that answers like Anthropic's Messages API.
 
     Routes: ``POST /v1/messages`` (JSON, or SSE when ``"stream": true``),
@@ -245,14 +228,12 @@ class FakeAnthropic:
         min_cache_tokens: int = _MIN_CACHEABLE_TOKENS,
         stall_seconds: float = 3600.0,
     ) -> None:
+        super().__init__(latency=latency, chunk_delay=chunk_delay, stall_seconds=stall_seconds)
         self.require_api_key = require_api_key
-        self.latency = latency
-        self.chunk_delay = chunk_delay
         self.models: Sequence[str] | Mapping[str, str] = (
             {k: v[0] for k, v in DEFAULT_MODELS.items()} if models is None else models
         )
         self.min_cache_tokens = min_cache_tokens
-        self.stall_seconds = stall_seconds
         self.mid_stream_error: tuple[str, str] = ("overloaded_error", "Overloaded")
         self._knobs = (
             require_api_key,
@@ -262,81 +243,21 @@ class FakeAnthropic:
             min_cache_tokens,
             stall_seconds,
         )
-        self.requests: list[RecordedRequest] = []
-        self.abandoned_streams = 0
-        self._outcomes: deque[_Outcome] = deque()
         self._cached_prefixes: set[str] = set()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_post("/v1/messages", self._messages)
-        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
-        app.router.add_get("/v1/models", self._list_models)
-        app.router.add_get("/v1/models/{model_id}", self._get_model)
-        app.on_response_prepare.append(_stamp_headers)
-        # A short shutdown timeout: a handler still running at close (a stalled answer) is
-        # cancelled instead of holding the test up for aiohttp's default minute.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeAnthropic:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError(
-                "FakeAnthropic is not started; use `async with FakeAnthropic() as fake`"
-            )
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """The API's base URL, ``http://127.0.0.1:PORT`` (routes start ``/v1``, as the SDK's)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def last_request(self) -> RecordedRequest:
-        if not self.requests:
-            raise AssertionError("FakeAnthropic has received no request yet")
-        return self.requests[-1]
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages", self._messages)
+        router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        router.add_get("/v1/models", self._list_models)
+        router.add_get("/v1/models/{model_id}", self._get_model)
 
     # -- scripting -------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget recorded requests, unserved scripts and the prompt cache, and set the knobs
         back to what the constructor was given, so one server can serve many tests."""
-        self.requests.clear()
-        self._outcomes.clear()
+        self._forget()
         self._cached_prefixes.clear()
-        self.abandoned_streams = 0
         (
             self.require_api_key,
             self.latency,
@@ -387,7 +308,7 @@ class FakeAnthropic:
             thinking_tokens,
             model,
         )
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fail(
         self,
@@ -405,10 +326,9 @@ class FakeAnthropic:
         gets a ``retry-after`` header unless ``headers`` names one). ``raw_body`` replaces the
         JSON body with an HTML page, as a proxy in front would send.
         """
-        if status < 400:
-            raise ValueError(f"fail() needs an error status (400-599), not {status}")
+        self._check_status(status)
         outcome = _Failure(status, message, type, dict(headers or {}), raw_body)
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fault(self, kind: Fault, *, times: int = 1) -> None:
         """Misbehave on the next message request(s).
@@ -422,45 +342,36 @@ class FakeAnthropic:
           (``overloaded_error`` unless ``mid_stream_error`` says otherwise); a JSON request
           gets the same error with its HTTP status (529 for overloaded).
         """
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULTS))}")
-        self._outcomes.extend([_Fault(kind)] * times)
+        self._check_fault(kind)
+        self._script(_Fault(kind), times)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    @web.middleware
-    async def _record_middleware(
-        self, request: web.Request, handler: _Handler
-    ) -> web.StreamResponse:
-        request_id = "req_011C" + _random_id(20)
-        request[_REQUEST_ID] = request_id
-        body = await request.read()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-        request[_BODY] = parsed
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                CIMultiDictProxy(CIMultiDict(request.headers)),
-                body,
-                parsed,
-                request_id,
-            )
-        )
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                # Anthropic answers unknown routes with its own error body, not an HTML page.
-                kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-                return _error(request, exc.status, kind, exc.reason)
-            raise
+    def _new_request_id(self) -> str:
+        return "req_011C" + _random_id(20)
+
+    async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["request-id"] = request.get(REQUEST_ID) or self._new_request_id()
+        response.headers["anthropic-organization-id"] = _ORGANIZATION
+        if request.path.startswith("/v1/messages") and response.status < 400:
+            reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for kind, limit in (
+                ("requests", 4000),
+                ("input-tokens", 2_000_000),
+                ("output-tokens", 400_000),
+                ("tokens", 2_400_000),
+            ):
+                prefix = f"anthropic-ratelimit-{kind}"
+                response.headers[f"{prefix}-limit"] = str(limit)
+                response.headers[f"{prefix}-remaining"] = str(limit - 1)
+                response.headers[f"{prefix}-reset"] = reset
+
+    def _route_error(self, request: web.Request, exc: web.HTTPException) -> web.Response | None:
+        if exc.status < 400:
+            return None
+        # Anthropic answers unknown routes with its own error body, not an HTML page.
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return _error(request, exc.status, kind, exc.reason)
 
     def _check_access(self, request: web.Request) -> web.Response | None:
         key = request.headers.get("x-api-key")
@@ -476,15 +387,6 @@ class FakeAnthropic:
                 request, 400, "invalid_request_error", "anthropic-version: header is required"
             )
         return None
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake when the fake closes so no handler outlives it."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _model_list(self) -> list[dict[str, Any]]:
         models = self.models
@@ -545,7 +447,7 @@ class FakeAnthropic:
         denied = self._check_access(request)
         if denied is not None:
             return denied
-        body = request[_BODY]
+        body = request[BODY]
         try:
             _validate(body, count_only=True)
         except _Invalid as exc:
@@ -556,12 +458,12 @@ class FakeAnthropic:
         denied = self._check_access(request)
         if denied is not None:
             return denied
-        body = request[_BODY]
+        body = request[BODY]
         try:
             _validate(body, count_only=False)
         except _Invalid as exc:
             return _error(request, 400, "invalid_request_error", exc.message)
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await self._wait(self.latency)
         model = str(body["model"])
         stream = body.get("stream") is True
@@ -570,7 +472,7 @@ class FakeAnthropic:
             return _scripted_error(request, outcome, model)
         fault = outcome.kind if isinstance(outcome, _Fault) else None
         if fault == "reset":
-            return await _reset(request)
+            return await reset_connection(request)
         if fault == "mid_stream_error" and not stream:
             kind, message = self.mid_stream_error
             status = next((s for s, (t, _) in _ERRORS.items() if t == kind), 500)
@@ -579,13 +481,12 @@ class FakeAnthropic:
         answer = self._answer(body, model, outcome if isinstance(outcome, _Reply) else None)
         if not stream:
             if fault == "stall":
-                await self._wait(self.stall_seconds)
-                return await _reset(request)
+                return await self._stall(request)
             if fault == "malformed":
                 return web.Response(body=b'{"id": "msg_01', content_type="application/json")
             payload = _message_json(answer)
             if fault == "cut_stream":
-                return await _cut_body(request, json.dumps(payload).encode())
+                return await cut_body(request, json.dumps(payload).encode())
             return web.json_response(payload)
         return await self._stream(request, answer, fault)
 
@@ -616,7 +517,7 @@ class FakeAnthropic:
                 stop = "stop_sequence"
             limit = body.get("max_tokens")
             if isinstance(limit, int):
-                text, cut = _truncate(text, limit)
+                text, cut = truncate(text, limit)
                 if cut:
                     stop, stop_sequence = "max_tokens", None
         else:
@@ -640,14 +541,14 @@ class FakeAnthropic:
                 {"type": "thinking", "thinking": thinking, "signature": _signature(thinking)}
             )
             if thinking_tokens is None:
-                thinking_tokens = _count_tokens(thinking)
+                thinking_tokens = count_tokens(thinking)
             output_tokens += thinking_tokens
         if text:
             content.append({"type": "text", "text": text})
-            output_tokens += _count_tokens(text)
+            output_tokens += count_tokens(text)
         for call_id, name, arguments in tool_calls:
             content.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
-            output_tokens += _count_tokens(name) + _count_tokens(json.dumps(arguments))
+            output_tokens += count_tokens(name) + count_tokens(json.dumps(arguments))
         # Anthropic counts the end-of-turn marker: output_tokens is never 0.
         output_tokens = max(output_tokens, 1)
 
@@ -713,23 +614,6 @@ class FakeAnthropic:
 # -- responses -------------------------------------------------------------------------------
 
 
-async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["request-id"] = request.get(_REQUEST_ID) or "req_011C" + _random_id(20)
-    response.headers["anthropic-organization-id"] = _ORGANIZATION
-    if request.path.startswith("/v1/messages") and response.status < 400:
-        reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for kind, limit in (
-            ("requests", 4000),
-            ("input-tokens", 2_000_000),
-            ("output-tokens", 400_000),
-            ("tokens", 2_400_000),
-        ):
-            prefix = f"anthropic-ratelimit-{kind}"
-            response.headers[f"{prefix}-limit"] = str(limit)
-            response.headers[f"{prefix}-remaining"] = str(limit - 1)
-            response.headers[f"{prefix}-reset"] = reset
-
-
 def _error(
     request: web.Request,
     status: int,
@@ -740,7 +624,7 @@ def _error(
     body = {
         "type": "error",
         "error": {"type": kind, "message": message},
-        "request_id": request.get(_REQUEST_ID),
+        "request_id": request.get(REQUEST_ID),
     }
     out = CIMultiDict(headers or {})
     # Anthropic tells its SDKs whether a retry can help.
@@ -767,30 +651,6 @@ def _scripted_error(request: web.Request, failure: _Failure, model: str) -> web.
         failure.message or default_message.replace("{model}", model),
         headers,
     )
-
-
-async def _reset(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP RST, as a crashed proxy or load balancer would."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be written any more; aiohttp drops a response for a closed transport.
-    return web.Response(status=499)
-
-
-async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return response
 
 
 def _message_json(answer: _Answer) -> dict[str, Any]:
@@ -857,7 +717,7 @@ def _events(answer: _Answer) -> Iterator[dict[str, Any]]:
         if index == 0:
             yield {"type": "ping"}
         if kind == "text":
-            for piece in _PIECE_RE.split(block["text"]):
+            for piece in PIECE_RE.split(block["text"]):
                 if piece:
                     yield {
                         "type": "content_block_delta",
@@ -865,7 +725,7 @@ def _events(answer: _Answer) -> Iterator[dict[str, Any]]:
                         "delta": {"type": "text_delta", "text": piece},
                     }
         elif kind == "thinking":
-            for piece in _PIECE_RE.split(block["thinking"]):
+            for piece in PIECE_RE.split(block["thinking"]):
                 if piece:
                     yield {
                         "type": "content_block_delta",
@@ -1217,10 +1077,6 @@ def _text_of(content: Any) -> tuple[str, int]:
     return " ".join(t for t in texts if t), images
 
 
-def _count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
 def _prompt(body: Mapping[str, Any]) -> tuple[int, tuple[int, str] | None, str | None]:
     """The prompt's token count, and the cached prefix (its tokens, a canonical text) with the
     TTL of its breakpoint when the request marks one with ``cache_control``.
@@ -1233,14 +1089,14 @@ def _prompt(body: Mapping[str, Any]) -> tuple[int, tuple[int, str] | None, str |
     if tools:
         segments.append((_TOKENS_TOOL_SYSTEM_PROMPT, "tools", None))
     for tool in tools:
-        segments.append((_count_tokens(json.dumps(tool)), tool, tool.get("cache_control")))
+        segments.append((count_tokens(json.dumps(tool)), tool, tool.get("cache_control")))
     system = body.get("system")
     if isinstance(system, str):
-        segments.append((_count_tokens(system), system, None))
+        segments.append((count_tokens(system), system, None))
     elif isinstance(system, list):
         for block in system:
             segments.append(
-                (_count_tokens(block.get("text", "")), block, block.get("cache_control"))
+                (count_tokens(block.get("text", "")), block, block.get("cache_control"))
             )
     for message in body.get("messages") or []:
         content = message.get("content")
@@ -1249,7 +1105,7 @@ def _prompt(body: Mapping[str, Any]) -> tuple[int, tuple[int, str] | None, str |
         for block in blocks:
             text, images = _text_of([block] if isinstance(block, dict) else block)
             marker = block.get("cache_control") if isinstance(block, dict) else None
-            segments.append((_count_tokens(text) + images * _TOKENS_PER_IMAGE, block, marker))
+            segments.append((count_tokens(text) + images * _TOKENS_PER_IMAGE, block, marker))
     total = _TOKENS_PRIMING + sum(tokens for tokens, _, _ in segments)
     last = None
     for n, (_, _, marker) in enumerate(segments):
@@ -1302,14 +1158,6 @@ def _cut_at_stop(text: str, stops: Any) -> tuple[str, str | None]:
     if best is None:
         return text, None
     return text[: best[0]], best[1]
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` tokens of ``text``, and whether anything was cut."""
-    for n, match in enumerate(_TOKEN_RE.finditer(text)):
-        if n == limit:
-            return text[: match.start()].rstrip(), True
-    return text, False
 
 
 def _signature(thinking: str) -> str:

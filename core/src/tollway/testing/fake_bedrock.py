@@ -21,22 +21,30 @@ kept apart from any client's decoder, so a shared misreading cannot hide.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import socket
 import struct
 import uuid
 import zlib
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+
+from tollway.testing._server import (
+    BODY,
+    PIECE_RE,
+    REQUEST_ID,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    cut_body,
+    reset_connection,
+    truncate,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -48,11 +56,6 @@ __all__ = [
     "encode_exception",
     "encode_message",
 ]
-
-Fault = Literal["reset", "stall", "malformed", "cut_stream", "mid_stream_error"]
-FAULTS: frozenset[str] = frozenset(
-    ("reset", "stall", "malformed", "cut_stream", "mid_stream_error")
-)
 
 # The exceptions ConverseStream can send inside a stream, and their modelled HTTP statuses.
 STREAM_EXCEPTIONS: dict[str, int] = {
@@ -115,9 +118,6 @@ DEFAULT_MODELS: tuple[FoundationModel, ...] = (
 
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_IMAGE = 1600  # a ~1 megapixel image, as Anthropic models bill it
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-# Splits before each whitespace run that follows a word, so the pieces join back to the text.
-_PIECE_RE = re.compile(r"(?<=\S)(?=\s)")
 _SIGV4_RE = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)"
     r"/(?P<service>[^/,\s]+)/aws4_request,\s*SignedHeaders=(?P<signed>[^,\s]+),"
@@ -207,23 +207,6 @@ _STREAM_MESSAGES: dict[str, str] = {
     "serviceUnavailableException": "Bedrock is unable to process your request.",
 }
 
-_REQUEST_ID = web.RequestKey("tollway_fake_bedrock_request_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_bedrock_json")
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request the fake received, as it arrived. ``path`` is decoded, ``raw_path`` not."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    json: Any
-    request_id: str
-    raw_path: str = ""
-
 
 @attrs.frozen
 class _Reply:
@@ -253,7 +236,6 @@ class _Fault:
 
 
 _Outcome: TypeAlias = _Reply | _Failure | _Fault
-_Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.frozen
@@ -266,8 +248,9 @@ class _Answer:
     latency_ms: int
 
 
-class FakeBedrock:
-    """An aiohttp.web server on 127.0.0.1 that answers like Amazon Bedrock.
+class FakeBedrock(FakeServer[_Outcome]):
+    """An aiohttp.web server on 127.0.0.1 that answers like Amazon Bedrock; ``base_url`` is the
+    runtime and the control-plane endpoint at once.
 
     Knobs, all settable at any time:
 
@@ -290,72 +273,14 @@ class FakeBedrock:
         models: Sequence[FoundationModel | str] = DEFAULT_MODELS,
         stall_seconds: float = 3600.0,
     ) -> None:
+        super().__init__(latency=latency, chunk_delay=chunk_delay, stall_seconds=stall_seconds)
         self.require_access_key = require_access_key
-        self.latency = latency
-        self.chunk_delay = chunk_delay
         self.models = [m if isinstance(m, FoundationModel) else _model_from_id(m) for m in models]
-        self.stall_seconds = stall_seconds
-        self.requests: list[RecordedRequest] = []
-        self.abandoned_streams = 0
-        self._outcomes: deque[_Outcome] = deque()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_post("/model/{model_id}/converse", self._converse)
-        app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
-        app.router.add_get("/foundation-models", self._foundation_models)
-        app.on_response_prepare.append(_stamp_headers)
-        # A short shutdown timeout: a handler still running at close (a stalled answer) is
-        # cancelled instead of holding the test up for aiohttp's default minute.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeBedrock:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeBedrock is not started; use `async with FakeBedrock() as fake`")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``: the runtime and the control-plane endpoint at once."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def last_request(self) -> RecordedRequest:
-        if not self.requests:
-            raise AssertionError("FakeBedrock has received no request yet")
-        return self.requests[-1]
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/model/{model_id}/converse", self._converse)
+        router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
+        router.add_get("/foundation-models", self._foundation_models)
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -385,7 +310,7 @@ class FakeBedrock:
         outcome = _Reply(
             text, calls, reasoning, stop_reason, usage, cache_read_tokens, cache_write_tokens
         )
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fail(
         self,
@@ -403,10 +328,9 @@ class FakeBedrock:
         it and ``message`` default to what Bedrock sends for the status (or for ``code``).
         ``raw_body`` replaces the JSON body with an HTML page, as a proxy in front would send.
         """
-        if status < 400:
-            raise ValueError(f"fail() needs an error status (400-599), not {status}")
+        self._check_status(status)
         outcome = _Failure(status, message, code, dict(headers or {}), raw_body)
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fault(
         self,
@@ -427,54 +351,28 @@ class FakeBedrock:
         - ``mid_stream_error``: a stream sends some text, then an exception message of type
           ``exception`` (one of :data:`STREAM_EXCEPTIONS`); a JSON request gets HTTP 500.
         """
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULTS))}")
+        self._check_fault(kind)
         if exception not in STREAM_EXCEPTIONS:
             raise ValueError(
                 f"unknown stream exception {exception!r}; use one of "
                 f"{', '.join(sorted(STREAM_EXCEPTIONS))}"
             )
-        self._outcomes.extend([_Fault(kind, exception, message)] * times)
+        self._script(_Fault(kind, exception, message), times)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    @web.middleware
-    async def _record_middleware(
-        self, request: web.Request, handler: _Handler
-    ) -> web.StreamResponse:
-        request_id = str(uuid.uuid4())
-        request[_REQUEST_ID] = request_id
-        body = await request.read()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-        request[_BODY] = parsed
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                CIMultiDictProxy(CIMultiDict(request.headers)),
-                body,
-                parsed,
-                request_id,
-                request.raw_path,
-            )
-        )
-        denied = self._check_signature(request)
-        if denied is not None:
-            return denied
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _aws_error(404, "UnknownOperationException", None, namespace=_CORAL_NS)
-            raise
+    def _new_request_id(self) -> str:
+        return str(uuid.uuid4())
 
-    def _check_signature(self, request: web.Request) -> web.Response | None:
+    async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["x-amzn-RequestId"] = request.get(REQUEST_ID) or self._new_request_id()
+
+    def _route_error(self, request: web.Request, exc: web.HTTPException) -> web.Response | None:
+        if exc.status < 400:
+            return None
+        return _aws_error(404, "UnknownOperationException", None, namespace=_CORAL_NS)
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
         """Refuse what AWS would refuse before looking at the request: no SigV4, or a key it
         does not know."""
         auth = request.headers.get("Authorization", "")
@@ -500,15 +398,6 @@ class FakeBedrock:
                 "The security token included in the request is invalid.",
             )
         return None
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake when the fake closes so no handler outlives it."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -536,11 +425,11 @@ class FakeBedrock:
         return await self._chat(request, stream=True)
 
     async def _chat(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         invalid = _validate(body)
         if invalid is not None:
             return _aws_error(400, "ValidationException", invalid)
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await self._wait(self.latency)
 
         if isinstance(outcome, _Failure):
@@ -548,15 +437,14 @@ class FakeBedrock:
         fault = outcome if isinstance(outcome, _Fault) else None
         kind = fault.kind if fault is not None else None
         if kind == "reset":
-            return await _reset(request)
+            return await reset_connection(request)
         if kind == "mid_stream_error" and not stream:
             return _aws_error(500, "InternalServerException", _ERRORS_BY_STATUS[500][1])
 
         answer = _answer(body, outcome if isinstance(outcome, _Reply) else None)
         if not stream:
             if kind == "stall":
-                await self._wait(self.stall_seconds)
-                return await _reset(request)
+                return await self._stall(request)
             if kind == "malformed":
                 return web.Response(
                     body=b'{"output": {"message": {"content": [{"text": "',
@@ -564,7 +452,7 @@ class FakeBedrock:
                 )
             payload = json.dumps(_converse_json(answer)).encode()
             if kind == "cut_stream":
-                return await _cut_body(request, payload)
+                return await cut_body(request, payload)
             return web.Response(body=payload, content_type="application/json")
         return await self._stream(request, answer, fault)
 
@@ -687,7 +575,7 @@ def _answer(body: Mapping[str, Any], reply: _Reply | None) -> _Answer:
         config = body.get("inferenceConfig") or {}
         limit = config.get("maxTokens") if isinstance(config, dict) else None
         if isinstance(limit, int) and limit >= 0:
-            text, cut = _truncate(text, limit)
+            text, cut = truncate(text, limit)
             if cut:
                 stop_reason = "max_tokens"
         if text:
@@ -715,12 +603,12 @@ def _answer(body: Mapping[str, Any], reply: _Reply | None) -> _Answer:
     output_tokens = 0
     for block in blocks:
         if "text" in block:
-            output_tokens += _count_tokens(block["text"])
+            output_tokens += count_tokens(block["text"])
         elif "reasoningContent" in block:
-            output_tokens += _count_tokens(block["reasoningContent"]["reasoningText"]["text"])
+            output_tokens += count_tokens(block["reasoningContent"]["reasoningText"]["text"])
         else:
             use = block["toolUse"]
-            output_tokens += _count_tokens(use["name"]) + _count_tokens(json.dumps(use["input"]))
+            output_tokens += count_tokens(use["name"]) + count_tokens(json.dumps(use["input"]))
     usage = {
         "inputTokens": overrides.get("inputTokens", prompt_tokens),
         "outputTokens": overrides.get("outputTokens", output_tokens),
@@ -758,7 +646,7 @@ def _stream_frames(answer: _Answer) -> Iterator[bytes]:
     yield event("messageStart", {"role": "assistant"})
     for index, block in enumerate(answer.blocks):
         if "text" in block:
-            for piece in _PIECE_RE.split(block["text"]):
+            for piece in PIECE_RE.split(block["text"]):
                 if piece:
                     yield event(
                         "contentBlockDelta",
@@ -766,7 +654,7 @@ def _stream_frames(answer: _Answer) -> Iterator[bytes]:
                     )
         elif "reasoningContent" in block:
             reasoning = block["reasoningContent"]["reasoningText"]
-            for piece in _PIECE_RE.split(reasoning["text"]):
+            for piece in PIECE_RE.split(reasoning["text"]):
                 if piece:
                     delta = {"reasoningContent": {"text": piece}}
                     yield event("contentBlockDelta", {"contentBlockIndex": index, "delta": delta})
@@ -899,10 +787,6 @@ def _validate(body: Any) -> str | None:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["x-amzn-RequestId"] = request.get(_REQUEST_ID) or str(uuid.uuid4())
-
-
 def _aws_error(
     status: int,
     kind: str,
@@ -941,30 +825,6 @@ def _scripted_error(failure: _Failure) -> web.Response:
     return _aws_error(failure.status, kind, failure.message or default, headers=failure.headers)
 
 
-async def _reset(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP RST, as a crashed proxy or load balancer would."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be written any more; aiohttp drops a response for a closed transport.
-    return web.Response(status=499)
-
-
-async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return response
-
-
 def _model_from_id(model_id: str) -> FoundationModel:
     vendor = model_id.split(".", 1)[0]
     return FoundationModel(model_id, model_id, vendor.capitalize())
@@ -996,10 +856,6 @@ def _tool_call(call: Mapping[str, Any] | Any) -> tuple[str, str, Any]:
     return (call_id or f"tooluse_{secrets.token_urlsafe(16)}", str(name), arguments)
 
 
-def _count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
 def _block_text(block: Mapping[str, Any]) -> tuple[str, int]:
     """The text in a content block (tool results included) and how many images it holds."""
     if "text" in block:
@@ -1025,15 +881,15 @@ def _block_text(block: Mapping[str, Any]) -> tuple[str, int]:
 def _prompt_tokens(body: Mapping[str, Any]) -> int:
     total = 0
     for block in body.get("system") or ():
-        total += _count_tokens(str(block.get("text", "")))
+        total += count_tokens(str(block.get("text", "")))
     for message in body["messages"]:
         total += _TOKENS_PER_MESSAGE
         for block in message["content"]:
             text, images = _block_text(block)
-            total += _count_tokens(text) + images * _TOKENS_PER_IMAGE
+            total += count_tokens(text) + images * _TOKENS_PER_IMAGE
     tools = body.get("toolConfig")
     if tools:
-        total += _count_tokens(json.dumps(tools))
+        total += count_tokens(json.dumps(tools))
     return total
 
 
@@ -1047,11 +903,3 @@ def _default_text(messages: list[dict[str, Any]]) -> str:
         if text:
             return f"Echo: {text}"
     return "Hello! How can I help you today?"
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` tokens of ``text``, and whether anything was cut."""
-    for n, match in enumerate(_TOKEN_RE.finditer(text)):
-        if n == limit:
-            return text[: match.start()].rstrip(), True
-    return text, False

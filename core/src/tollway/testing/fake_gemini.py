@@ -16,28 +16,30 @@ served in the order they were scripted, one per generate request.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import secrets
-import socket
 import string
-import struct
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+
+from tollway.testing._server import (
+    BODY,
+    BODY_ERROR,
+    PIECE_RE,
+    REQUEST_ID,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    cut_body,
+    reset_connection,
+    truncate,
+)
 
 __all__ = ["DEFAULT_MODELS", "FakeGemini", "Fault", "ModelSpec", "RecordedRequest"]
-
-Fault = Literal["reset", "stall", "malformed", "cut_stream", "mid_stream_error"]
-FAULTS: frozenset[str] = frozenset(
-    ("reset", "stall", "malformed", "cut_stream", "mid_stream_error")
-)
 
 
 @attrs.frozen
@@ -77,9 +79,6 @@ VERTEX_API_VERSIONS: frozenset[str] = frozenset(("v1", "v1beta1"))
 
 # Gemini bills an image at 258 tokens whatever its size (up to 384 px a side, tiled above).
 _TOKENS_PER_IMAGE = 258
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-# Splits before each whitespace run that follows a word, so the pieces join back to the text.
-_PIECE_RE = re.compile(r"(?<=\S)(?=\s)")
 # Gemini streams a few words per event, not a token per event as OpenAI does.
 _PIECES_PER_EVENT = 2
 _ALNUM = string.ascii_letters + string.digits
@@ -199,23 +198,6 @@ _HARM_CATEGORIES = (
     "HARM_CATEGORY_SEXUALLY_EXPLICIT",
 )
 
-_REQUEST_ID = web.RequestKey("tollway_fake_gemini_request_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_gemini_json")
-_BODY_ERROR = web.RequestKey("tollway_fake_gemini_json_error", str)
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request the fake received, as it arrived."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    json: Any
-    request_id: str
-
 
 @attrs.frozen
 class _Reply:
@@ -248,7 +230,6 @@ class _Fault:
 
 
 _Outcome: TypeAlias = _Reply | _Failure | _Fault
-_Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.frozen
@@ -265,7 +246,7 @@ class _Answer:
     block_reason: str | None
 
 
-class FakeGemini:
+class FakeGemini(FakeServer[_Outcome]):
     """An aiohttp.web server on 127.0.0.1 that answers like the Gemini API and Vertex AI.
 
     Routes (``{v}`` is ``v1``, ``v1beta`` or ``v1alpha``; Vertex's is ``v1`` or ``v1beta1``):
@@ -303,14 +284,12 @@ class FakeGemini:
         stall_seconds: float = 3600.0,
         request_id_header: str | None = None,
     ) -> None:
+        super().__init__(latency=latency, chunk_delay=chunk_delay, stall_seconds=stall_seconds)
         self.require_api_key = require_api_key
         self.require_access_token = require_access_token
-        self.latency = latency
-        self.chunk_delay = chunk_delay
         self.models: list[ModelSpec] = [
             m if isinstance(m, ModelSpec) else ModelSpec(m, m) for m in models
         ]
-        self.stall_seconds = stall_seconds
         self.request_id_header = request_id_header
         self._knobs = (
             require_api_key,
@@ -321,86 +300,28 @@ class FakeGemini:
             stall_seconds,
             request_id_header,
         )
-        self.requests: list[RecordedRequest] = []
-        self.abandoned_streams = 0
-        self._outcomes: deque[_Outcome] = deque()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_post("/{version}/models/{call}", self._gemini_generate)
-        app.router.add_get("/{version}/models", self._gemini_models)
-        app.router.add_get("/{version}/models/{model}", self._gemini_model)
-        app.router.add_post(
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/{version}/models/{call}", self._gemini_generate)
+        router.add_get("/{version}/models", self._gemini_models)
+        router.add_get("/{version}/models/{model}", self._gemini_model)
+        router.add_post(
             "/{version}/projects/{project}/locations/{location}/publishers/google/models/{call}",
             self._vertex_generate,
         )
-        app.router.add_get("/{version}/publishers/google/models", self._vertex_models)
-        app.on_response_prepare.append(self._stamp_headers)
-        # A short shutdown timeout: a handler still running at close (a stalled answer) is
-        # cancelled instead of holding the test up for aiohttp's default minute.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeGemini:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeGemini is not started; use `async with FakeGemini() as fake`")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``: the Gemini API's base URL (routes start with a version)."""
-        return f"http://127.0.0.1:{self.port}"
+        router.add_get("/{version}/publishers/google/models", self._vertex_models)
 
     @property
     def vertex_base_url(self) -> str:
         """The Vertex AI base URL; the same server, the routes start ``/v1/projects/``."""
         return self.base_url
 
-    @property
-    def last_request(self) -> RecordedRequest:
-        if not self.requests:
-            raise AssertionError("FakeGemini has received no request yet")
-        return self.requests[-1]
-
     # -- scripting -------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget recorded requests and unserved scripts, and set the knobs back to what the
         constructor was given, so one server (started once for a module) can serve many tests."""
-        self.requests.clear()
-        self._outcomes.clear()
-        self.abandoned_streams = 0
+        self._forget()
         (
             self.require_api_key,
             self.require_access_token,
@@ -454,7 +375,7 @@ class FakeGemini:
             block_reason,
             model,
         )
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fail(
         self,
@@ -477,8 +398,7 @@ class FakeGemini:
         ``google.rpc.RetryInfo`` (``"12s"``, or seconds as a number); ``details`` replaces the
         details list. ``raw_body`` replaces the JSON body with an HTML page, as a proxy would.
         """
-        if status < 400:
-            raise ValueError(f"fail() needs an error status (400-599), not {status}")
+        self._check_status(status)
         delay = f"{retry_delay:g}s" if isinstance(retry_delay, (int, float)) else retry_delay
         outcome = _Failure(
             status,
@@ -490,7 +410,7 @@ class FakeGemini:
             dict(headers or {}),
             raw_body,
         )
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fault(self, kind: Fault, *, times: int = 1) -> None:
         """Misbehave on the next generate request(s).
@@ -503,50 +423,28 @@ class FakeGemini:
         - ``mid_stream_error``: a stream sends some text, then a ``{"error": ...}`` event; a
           JSON request gets HTTP 500.
         """
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULTS))}")
-        self._outcomes.extend([_Fault(kind)] * times)
+        self._check_fault(kind)
+        self._script(_Fault(kind), times)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    @web.middleware
-    async def _record_middleware(
-        self, request: web.Request, handler: _Handler
-    ) -> web.StreamResponse:
-        request_id = secrets.token_hex(16)
-        request[_REQUEST_ID] = request_id
-        body = await request.read()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError as exc:
-                request[_BODY_ERROR] = str(exc)
-        request[_BODY] = parsed
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                CIMultiDictProxy(CIMultiDict(request.headers)),
-                body,
-                parsed,
-                request_id,
+    def _new_request_id(self) -> str:
+        return secrets.token_hex(16)
+
+    def _json_error(self, body: bytes, exc: ValueError) -> str:
+        return str(exc)
+
+    def _route_error(self, request: web.Request, exc: web.HTTPException) -> web.Response | None:
+        if exc.status == 404:
+            # Google's front end answers an unknown path with an HTML page, not JSON.
+            return web.Response(
+                status=404,
+                text=_NOT_FOUND_PAGE.replace("{path}", request.path),
+                content_type="text/html",
             )
-        )
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status == 404:
-                # Google's front end answers an unknown path with an HTML page, not JSON.
-                return web.Response(
-                    status=404,
-                    text=_NOT_FOUND_PAGE.replace("{path}", request.path),
-                    content_type="text/html",
-                )
-            if exc.status == 405:
-                return _google_error(405, "Method Not Allowed", "UNIMPLEMENTED")
-            raise
+        if exc.status == 405:
+            return _google_error(405, "Method Not Allowed", "UNIMPLEMENTED")
+        return None
 
     async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
@@ -557,7 +455,7 @@ class FakeGemini:
         headers["X-Frame-Options"] = "SAMEORIGIN"
         headers["X-Content-Type-Options"] = "nosniff"
         if self.request_id_header:
-            headers[self.request_id_header] = request.get(_REQUEST_ID) or secrets.token_hex(16)
+            headers[self.request_id_header] = request.get(REQUEST_ID) or self._new_request_id()
 
     def _check_api_key(self, request: web.Request) -> web.Response | None:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
@@ -586,15 +484,6 @@ class FakeGemini:
             details = [_error_info("ACCESS_TOKEN_TYPE_UNSUPPORTED", "aiplatform.googleapis.com")]
             return _google_error(401, _DEFAULT_MESSAGES[401], "UNAUTHENTICATED", details)
         return None
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake when the fake closes so no handler outlives it."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _spec(self, model: str) -> ModelSpec | None:
         for spec in self.models:
@@ -700,17 +589,17 @@ class FakeGemini:
                     "models and their supported methods."
                 )
             return _google_error(404, message, "NOT_FOUND")
-        if _BODY_ERROR in request:
+        if BODY_ERROR in request:
             return _google_error(
                 400,
-                f"Invalid JSON payload received. {request[_BODY_ERROR]}",
+                f"Invalid JSON payload received. {request[BODY_ERROR]}",
                 "INVALID_ARGUMENT",
             )
-        body = request[_BODY]
+        body = request[BODY]
         invalid = _validate(body)
         if invalid is not None:
             return invalid
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await self._wait(self.latency)
         stream = method == "streamGenerateContent"
 
@@ -718,15 +607,14 @@ class FakeGemini:
             return _scripted_error(outcome)
         fault = outcome.kind if isinstance(outcome, _Fault) else None
         if fault == "reset":
-            return await _reset(request)
+            return await reset_connection(request)
         if fault == "mid_stream_error" and not stream:
             return _google_error(500, _DEFAULT_MESSAGES[500], "INTERNAL")
 
         answer = _answer(body, model, outcome if isinstance(outcome, _Reply) else None, vertex)
         if not stream:
             if fault == "stall":
-                await self._wait(self.stall_seconds)
-                return await _reset(request)
+                return await self._stall(request)
             if fault == "malformed":
                 return web.Response(
                     body=b'{\n  "candidates": [\n    {\n      "content": {\n',
@@ -735,7 +623,9 @@ class FakeGemini:
                 )
             payload = _response_json(answer, vertex, final=True)
             if fault == "cut_stream":
-                return await _cut_body(request, _dumps_pretty(payload))
+                return await cut_body(
+                    request, _dumps_pretty(payload), "application/json; charset=UTF-8"
+                )
             return _pretty_json(payload)
         events = _events(answer, vertex)
         if request.query.get("alt") != "sse":
@@ -799,7 +689,7 @@ def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None, vertex: b
         finish = "STOP"
         limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
         if isinstance(limit, int) and limit >= 0:
-            text, cut = _truncate(text, limit)
+            text, cut = truncate(text, limit)
             finish = "MAX_TOKENS" if cut else "STOP"
     else:
         calls = reply.function_calls
@@ -817,9 +707,9 @@ def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None, vertex: b
         cached, thoughts_tokens = reply.cached_tokens, reply.thoughts_tokens
         overrides = reply.usage or {}
         model = reply.model or model
-    candidates_tokens = _count_tokens(text)
+    candidates_tokens = count_tokens(text)
     for _, name, args in calls:
-        candidates_tokens += _count_tokens(name) + _count_tokens(json.dumps(args))
+        candidates_tokens += count_tokens(name) + count_tokens(json.dumps(args))
     prompt = overrides.get("promptTokenCount", prompt_tokens)
     completion = 0 if block else overrides.get("candidatesTokenCount", candidates_tokens)
     usage: dict[str, Any] = {"promptTokenCount": prompt}
@@ -924,7 +814,7 @@ def _events(answer: _Answer, vertex: bool) -> list[dict[str, Any]]:
     groups: list[list[dict[str, Any]]] = []
     if answer.thoughts:
         groups.append([{"text": answer.thoughts, "thought": True}])
-    pieces = [p for p in _PIECE_RE.split(answer.text) if p]
+    pieces = [p for p in PIECE_RE.split(answer.text) if p]
     for start in range(0, len(pieces), _PIECES_PER_EVENT):
         groups.append([{"text": "".join(pieces[start : start + _PIECES_PER_EVENT])}])
     if answer.function_calls:
@@ -940,7 +830,7 @@ def _events(answer: _Answer, vertex: bool) -> list[dict[str, Any]]:
         if n == len(groups) - 1:
             events.append(_response_json(answer, vertex, final=True, parts=parts))
             break
-        spent += sum(_count_tokens(str(p.get("text", ""))) for p in parts if not p.get("thought"))
+        spent += sum(count_tokens(str(p.get("text", ""))) for p in parts if not p.get("thought"))
         running: dict[str, Any] = {"promptTokenCount": prompt}
         if spent:
             running["candidatesTokenCount"] = spent
@@ -1137,30 +1027,6 @@ def _pretty_json(payload: Any) -> web.Response:
     )
 
 
-async def _reset(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP RST, as a crashed proxy or load balancer would."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be written any more; aiohttp drops a response for a closed transport.
-    return web.Response(status=499)
-
-
-async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=UTF-8"})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return response
-
-
 # -- counting and echoing --------------------------------------------------------------------
 
 
@@ -1176,22 +1042,18 @@ def _function_call(call: Mapping[str, Any] | Any) -> tuple[str | None, str, Any]
     return (call_id or None, str(name), dict(args))
 
 
-def _count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
 def _part_tokens(part: Any) -> int:
     if not isinstance(part, dict):
         return 0
     if "text" in part:
-        return _count_tokens(str(part["text"]))
+        return count_tokens(str(part["text"]))
     for key in ("inlineData", "inline_data", "fileData", "file_data"):
         if key in part:
             return _TOKENS_PER_IMAGE
     for key in ("functionCall", "function_call", "functionResponse", "function_response"):
         value = part.get(key)
         if isinstance(value, dict):
-            return _count_tokens(json.dumps(value))
+            return count_tokens(json.dumps(value))
     return 0
 
 
@@ -1203,7 +1065,7 @@ def _prompt_tokens(body: Mapping[str, Any]) -> int:
     if isinstance(system, dict):
         total += sum(_part_tokens(part) for part in system.get("parts", ()))
     if body.get("tools"):
-        total += _count_tokens(json.dumps(body["tools"]))
+        total += count_tokens(json.dumps(body["tools"]))
     return max(total, 1)
 
 
@@ -1235,14 +1097,6 @@ def _default_text(contents: list[dict[str, Any]]) -> str:
             text = _content_text(content)
             return f"Echo: {text}" if text else "Hello! How can I help you today?"
     return "Hello! How can I help you today?"
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` tokens of ``text``, and whether anything was cut."""
-    for n, match in enumerate(_TOKEN_RE.finditer(text)):
-        if n == limit:
-            return text[: match.start()].rstrip(), True
-    return text, False
 
 
 def _model_json(spec: ModelSpec) -> dict[str, Any]:

@@ -18,31 +18,34 @@ header (set ``request_id_header`` to have one stamped, as a proxy in front of Ol
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import re
 import secrets
-import socket
-import struct
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+
+from tollway.testing._server import (
+    BODY,
+    BODY_ERROR,
+    PIECE_RE,
+    REQUEST_ID,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    cut_body,
+    reset_connection,
+    truncate,
+)
 
 __all__ = ["DEFAULT_MODELS", "FakeOllama", "Fault", "RecordedRequest"]
-
-Fault = Literal["reset", "stall", "malformed", "cut_stream", "mid_stream_error"]
-FAULTS: frozenset[str] = frozenset(
-    ("reset", "stall", "malformed", "cut_stream", "mid_stream_error")
-)
 
 DEFAULT_MODELS: tuple[str, ...] = ("llama3.2:latest", "qwen3:8b", "gemma3:270m")
 
@@ -66,9 +69,6 @@ _LOAD_NS = 12_456_789
 _PROMPT_NS_PER_TOKEN = 250_000
 _EVAL_NS_PER_TOKEN = 12_000_000
 
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-# Splits before each whitespace run that follows a word, so the pieces join back to the text.
-_PIECE_RE = re.compile(r"(?<=\S)(?=\s)")
 # Go's time.ParseDuration syntax, which Ollama uses for a keep_alive given as a string.
 _GO_DURATION_RE = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$")
 
@@ -86,23 +86,6 @@ _DEFAULT_ERRORS: dict[int, str] = {
 _MID_STREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
 # What Go's net/http and gin answer for a route that does not exist.
 _NOT_FOUND_PAGE = "404 page not found"
-
-_REQUEST_ID = web.RequestKey("tollway_fake_request_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_json")
-_BODY_ERROR = web.RequestKey("tollway_fake_json_error", str)
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request the fake received, as it arrived."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    json: Any
-    request_id: str
 
 
 @attrs.frozen
@@ -132,7 +115,6 @@ class _Fault:
 
 
 _Outcome: TypeAlias = _Reply | _Failure | _Fault
-_Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.frozen
@@ -147,7 +129,7 @@ class _Answer:
     metrics: dict[str, int]
 
 
-class FakeOllama:
+class FakeOllama(FakeServer[_Outcome]):
     """An aiohttp.web server on 127.0.0.1 that answers like ``ollama serve``.
 
     Routes: ``POST /api/chat`` (NDJSON unless ``"stream": false``), ``GET /api/tags``,
@@ -178,80 +160,23 @@ class FakeOllama:
         stall_seconds: float = 3600.0,
         version: str = "0.12.6",
     ) -> None:
+        super().__init__(latency=latency, chunk_delay=chunk_delay, stall_seconds=stall_seconds)
         self.models = list(models) if models is not None else None
         self.require_api_key = require_api_key
         self.request_id_header = request_id_header
-        self.latency = latency
-        self.chunk_delay = chunk_delay
-        self.stall_seconds = stall_seconds
         self.version = version
-        self.requests: list[RecordedRequest] = []
-        self.abandoned_streams = 0
-        self._outcomes: deque[_Outcome] = deque()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_post("/api/chat", self._chat)
-        app.router.add_get("/api/tags", self._tags)
-        app.router.add_get("/api/version", self._version)
-        app.router.add_get("/", self._root)  # also answers HEAD
-        app.on_response_prepare.append(self._stamp_headers)
-        # A short shutdown timeout: a handler still running at close (a stalled answer) is
-        # cancelled instead of holding the test up for aiohttp's default minute.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOllama:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOllama is not started; use `async with FakeOllama() as fake`")
-        return self._port
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/api/chat", self._chat)
+        router.add_get("/api/tags", self._tags)
+        router.add_get("/api/version", self._version)
+        router.add_get("/", self._root)  # also answers HEAD
 
     @property
     def url(self) -> str:
-        """The server root, ``http://127.0.0.1:PORT``: what ``OLLAMA_HOST`` names."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The same as :attr:`url`: Ollama's routes hang off the root (``/api/chat``)."""
-        return self.url
-
-    @property
-    def last_request(self) -> RecordedRequest:
-        if not self.requests:
-            raise AssertionError("FakeOllama has received no request yet")
-        return self.requests[-1]
+        """The server root, ``http://127.0.0.1:PORT``: what ``OLLAMA_HOST`` names (and
+        :attr:`base_url`, as Ollama's routes hang off the root)."""
+        return self.base_url
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -289,7 +214,7 @@ class FakeOllama:
             prompt_cached,
             model,
         )
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fail(
         self,
@@ -306,9 +231,8 @@ class FakeOllama:
         pulled; 503: its queue is full). ``raw_body`` replaces the JSON body with plain text or
         an HTML page, as a proxy in front of Ollama would send.
         """
-        if status < 400:
-            raise ValueError(f"fail() needs an error status (400-599), not {status}")
-        self._outcomes.extend([_Failure(status, message, dict(headers or {}), raw_body)] * times)
+        self._check_status(status)
+        self._script(_Failure(status, message, dict(headers or {}), raw_body), times)
 
     def fault(self, kind: Fault, *, message: str | None = None, times: int = 1) -> None:
         """Misbehave on the next chat request(s).
@@ -323,48 +247,26 @@ class FakeOllama:
           as Ollama does when the runner fails mid-answer; a JSON request gets HTTP 500.
           ``message`` defaults to a runner failure.
         """
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULTS))}")
-        self._outcomes.extend([_Fault(kind, message)] * times)
+        self._check_fault(kind)
+        self._script(_Fault(kind, message), times)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    @web.middleware
-    async def _record_middleware(
-        self, request: web.Request, handler: _Handler
-    ) -> web.StreamResponse:
-        request_id = secrets.token_hex(16)
-        request[_REQUEST_ID] = request_id
-        body = await request.read()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError as exc:
-                request[_BODY_ERROR] = _go_json_error(body, exc)
-        request[_BODY] = parsed
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                CIMultiDictProxy(CIMultiDict(request.headers)),
-                body,
-                parsed,
-                request_id,
-            )
-        )
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                # Ollama's router answers an unknown route (or method) with Go's plain page.
-                return web.Response(status=404, text=_NOT_FOUND_PAGE)
-            raise
+    def _new_request_id(self) -> str:
+        return secrets.token_hex(16)
+
+    def _json_error(self, body: bytes, exc: ValueError) -> str:
+        return _go_json_error(body, exc)
+
+    def _route_error(self, request: web.Request, exc: web.HTTPException) -> web.Response | None:
+        if exc.status < 400:
+            return None
+        # Ollama's router answers an unknown route (or method) with Go's plain page.
+        return web.Response(status=404, text=_NOT_FOUND_PAGE)
 
     async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         if self.request_id_header:
-            response.headers[self.request_id_header] = request.get(_REQUEST_ID) or ""
+            response.headers[self.request_id_header] = request.get(REQUEST_ID) or ""
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.require_api_key is None:
@@ -373,15 +275,6 @@ class FakeOllama:
         if scheme.lower() != "bearer" or key.strip() != self.require_api_key:
             return _error(401, "unauthorized")
         return None
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake when the fake closes so no handler outlives it."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _find_model(self, name: str) -> str | None:
         """The pulled model a name means (a name without a tag means ``:latest``)."""
@@ -409,14 +302,14 @@ class FakeOllama:
         denied = self._check_key(request)
         if denied is not None:
             return denied
-        body = request[_BODY]
-        invalid = _validate_chat(body, request.get(_BODY_ERROR))
+        body = request[BODY]
+        invalid = _validate_chat(body, request.get(BODY_ERROR))
         if invalid is not None:
             return invalid
         model = str(body["model"])
         if self._find_model(model) is None:
             return _error(404, _DEFAULT_ERRORS[404].format(model=model))
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await self._wait(self.latency)
         stream = body.get("stream") is not False
 
@@ -427,10 +320,9 @@ class FakeOllama:
             _MID_STREAM_ERROR
         )
         if fault == "reset":
-            return await _reset(request)
+            return await reset_connection(request)
         if fault == "stall":
-            await self._wait(self.stall_seconds)
-            return await _reset(request)
+            return await self._stall(request)
         if fault == "mid_stream_error" and not stream:
             return _error(500, fault_message)
 
@@ -444,7 +336,7 @@ class FakeOllama:
                 )
             payload = json.dumps(_final_json(answer, with_content=True)).encode()
             if fault == "cut_stream":
-                return await _cut_body(request, payload)
+                return await cut_body(request, payload, "application/json; charset=utf-8")
             return web.Response(body=payload, content_type="application/json", charset="utf-8")
         return await self._stream(request, answer, fault, fault_message)
 
@@ -597,30 +489,6 @@ def _base64_problem(image: Any) -> str | None:
     return None
 
 
-async def _reset(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP RST, as a crashed server or proxy would."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be written any more; aiohttp drops a response for a closed transport.
-    return web.Response(status=499)
-
-
-async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return response
-
-
 def _tool_call(call: Mapping[str, Any] | Any) -> tuple[str, dict[str, Any]]:
     if isinstance(call, Mapping):
         name, arguments = call["name"], call.get("arguments", {})
@@ -653,19 +521,15 @@ def _tag(name: str) -> dict[str, Any]:
     }
 
 
-def _count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
 def _prompt_tokens(messages: list[dict[str, Any]], tools: Any) -> int:
     total = _TOKENS_PROMPT_FRAME
     for message in messages:
-        total += _TOKENS_PER_MESSAGE + _count_tokens(str(message.get("content") or ""))
+        total += _TOKENS_PER_MESSAGE + count_tokens(str(message.get("content") or ""))
         total += len(message.get("images") or ()) * _TOKENS_PER_IMAGE
         for call in message.get("tool_calls") or ():
-            total += _count_tokens(json.dumps(call.get("function", {})))
+            total += count_tokens(json.dumps(call.get("function", {})))
     if tools:
-        total += _count_tokens(json.dumps(tools))
+        total += count_tokens(json.dumps(tools))
     return total
 
 
@@ -682,14 +546,6 @@ def _default_text(messages: list[dict[str, Any]]) -> str:
     return "Hello! How can I help you today?"
 
 
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` tokens of ``text``, and whether anything was cut."""
-    for n, match in enumerate(_TOKEN_RE.finditer(text)):
-        if n == limit:
-            return text[: match.start()].rstrip(), True
-    return text, False
-
-
 def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None) -> _Answer:
     messages: list[dict[str, Any]] = body.get("messages") or []
     options: Mapping[str, Any] = body.get("options") or {}
@@ -704,7 +560,7 @@ def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None) -> _Answe
         if body.get("format"):
             text = json.dumps({"echo": text})
         if body.get("think") not in (None, False, "false"):
-            thinking = f"The user wrote {_count_tokens(text)} tokens. I will echo them."
+            thinking = f"The user wrote {count_tokens(text)} tokens. I will echo them."
         done_reason = "stop"
         stops = options.get("stop")
         if isinstance(stops, str):
@@ -714,7 +570,7 @@ def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None) -> _Answe
             text = text[: min(cuts)]
         limit = options.get("num_predict")
         if isinstance(limit, int) and limit >= 0:
-            text, cut = _truncate(text, limit)
+            text, cut = truncate(text, limit)
             done_reason = "length" if cut else "stop"
         prompt_cached = False
         eval_override = prompt_override = None
@@ -731,9 +587,9 @@ def _answer(body: Mapping[str, Any], model: str, reply: _Reply | None) -> _Answe
         prompt_cached = reply.prompt_cached
         eval_override, prompt_override = reply.eval_count, reply.prompt_eval_count
         model = reply.model or model
-    eval_count = _count_tokens(text) + _count_tokens(thinking) + 1  # the end-of-turn token
+    eval_count = count_tokens(text) + count_tokens(thinking) + 1  # the end-of-turn token
     for name, arguments in tool_calls:
-        eval_count += _count_tokens(name) + _count_tokens(json.dumps(arguments))
+        eval_count += count_tokens(name) + count_tokens(json.dumps(arguments))
     if eval_override is not None:
         eval_count = eval_override
     if prompt_override is not None:
@@ -797,10 +653,10 @@ def _lines(answer: _Answer) -> Iterator[dict[str, Any]]:
             "done": False,
         }
 
-    for piece in _PIECE_RE.split(answer.thinking):
+    for piece in PIECE_RE.split(answer.thinking):
         if piece:
             yield line({"content": "", "thinking": piece})
-    for piece in _PIECE_RE.split(answer.text):
+    for piece in PIECE_RE.split(answer.text):
         if piece:
             yield line({"content": piece})
     # Ollama parses a tool call out of the model's output and sends each one whole.

@@ -13,29 +13,31 @@ message, with token counts derived from the text. Script the next answers with `
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import socket
 import string
-import struct
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+
+from tollway.testing._server import (
+    BODY,
+    PIECE_RE,
+    REQUEST_ID,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    cut_body,
+    reset_connection,
+    truncate,
+)
 
 __all__ = ["DEFAULT_MODELS", "FakeOpenAI", "Fault", "RecordedRequest"]
-
-Fault = Literal["reset", "stall", "malformed", "cut_stream", "mid_stream_error"]
-FAULTS: frozenset[str] = frozenset(
-    ("reset", "stall", "malformed", "cut_stream", "mid_stream_error")
-)
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o3-mini")
 
@@ -45,9 +47,6 @@ _TOKENS_PER_MESSAGE = 3
 _TOKENS_REPLY_PRIMING = 3
 _TOKENS_PER_IMAGE = 85
 
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-# Splits before each whitespace run that follows a word, so the pieces join back to the text.
-_PIECE_RE = re.compile(r"(?<=\S)(?=\s)")
 # Models that reject ``max_tokens`` and insist on ``max_completion_tokens``, as OpenAI does.
 _REASONING_MODEL_RE = re.compile(r"^(o\d|gpt-5)")
 _ARGUMENT_FRAGMENT = 8
@@ -110,24 +109,9 @@ _AZURE_NO_DEPLOYMENT = (
     "The API deployment for this resource does not exist. If you created the deployment within "
     "the last 5 minutes, please wait a moment and try again."
 )
-_REQUEST_ID = web.RequestKey("tollway_fake_request_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("tollway_fake_json")
 _SAFE = {"filtered": False, "severity": "safe"}
 _AZURE_FILTERS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
 _AZURE_PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}]
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request the fake received, as it arrived."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    json: Any
-    request_id: str
 
 
 @attrs.frozen
@@ -158,7 +142,6 @@ class _Fault:
 
 
 _Outcome: TypeAlias = _Reply | _Failure | _Fault
-_Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @attrs.frozen
@@ -174,7 +157,7 @@ class _Answer:
     usage: dict[str, Any]
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer[_Outcome]):
     """An aiohttp.web server on 127.0.0.1 that answers like OpenAI and Azure OpenAI.
 
     Routes: ``POST /v1/chat/completions`` (JSON, or SSE when ``"stream": true``),
@@ -205,66 +188,18 @@ class FakeOpenAI:
         azure_deployments: Mapping[str, str] | None = None,
         stall_seconds: float = 3600.0,
     ) -> None:
+        super().__init__(latency=latency, chunk_delay=chunk_delay, stall_seconds=stall_seconds)
         self.require_api_key = require_api_key
-        self.latency = latency
         # Sent on every answer, as OpenAI sends its x-ratelimit-* headers.
         self.response_headers: dict[str, str] = {}
-        self.chunk_delay = chunk_delay
         self.models = list(models)
         self.azure_deployments = dict(azure_deployments) if azure_deployments is not None else None
-        self.stall_seconds = stall_seconds
-        self.requests: list[RecordedRequest] = []
-        self.abandoned_streams = 0
-        self._outcomes: deque[_Outcome] = deque()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_post("/v1/chat/completions", self._openai_chat)
-        app.router.add_get("/v1/models", self._openai_models)
-        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
-        app.router.add_get("/openai/models", self._azure_models)
-        app.on_response_prepare.append(_stamp_headers)
-        app.on_response_prepare.append(self._extra_headers)
-        # A short shutdown timeout: a handler still running at close (a stalled answer) is
-        # cancelled instead of holding the test up for aiohttp's default minute.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started; use `async with FakeOpenAI() as fake`")
-        return self._port
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/chat/completions", self._openai_chat)
+        router.add_get("/v1/models", self._openai_models)
+        router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
+        router.add_get("/openai/models", self._azure_models)
 
     @property
     def base_url(self) -> str:
@@ -275,12 +210,6 @@ class FakeOpenAI:
     def azure_endpoint(self) -> str:
         """The Azure resource endpoint, ``http://127.0.0.1:PORT`` (routes start ``/openai``)."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def last_request(self) -> RecordedRequest:
-        if not self.requests:
-            raise AssertionError("FakeOpenAI has received no request yet")
-        return self.requests[-1]
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -306,7 +235,7 @@ class FakeOpenAI:
         """
         calls = tuple(_tool_call(call) for call in tool_calls)
         outcome = _Reply(text, calls, finish_reason, usage, cached_tokens, reasoning_tokens, model)
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fail(
         self,
@@ -325,10 +254,9 @@ class FakeOpenAI:
         ``message``, ``type`` and ``code`` default to what OpenAI sends for the status.
         ``raw_body`` replaces the JSON body with an HTML page, as a proxy in front would send.
         """
-        if status < 400:
-            raise ValueError(f"fail() needs an error status (400-599), not {status}")
+        self._check_status(status)
         outcome = _Failure(status, message, type, code, param, dict(headers or {}), raw_body)
-        self._outcomes.extend([outcome] * times)
+        self._script(outcome, times)
 
     def fault(self, kind: Fault, *, times: int = 1) -> None:
         """Misbehave on the next chat request(s).
@@ -341,53 +269,34 @@ class FakeOpenAI:
         - ``mid_stream_error``: a stream sends some text, then an ``{"error": ...}`` event; a
           JSON request gets HTTP 500.
         """
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULTS))}")
-        self._outcomes.extend([_Fault(kind)] * times)
+        self._check_fault(kind)
+        self._script(_Fault(kind), times)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+    def _new_request_id(self) -> str:
+        return f"req_{secrets.token_hex(16)}"
+
+    async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        request_id = request.get(REQUEST_ID) or self._new_request_id()
+        response.headers["x-request-id"] = request_id
+        response.headers["openai-version"] = "2020-10-01"
+        response.headers["openai-processing-ms"] = "7"
+        if request.path.startswith("/openai/"):
+            response.headers["apim-request-id"] = request_id
         for name, value in self.response_headers.items():
             response.headers[name] = value
 
-    @web.middleware
-    async def _record_middleware(
-        self, request: web.Request, handler: _Handler
-    ) -> web.StreamResponse:
-        request_id = f"req_{secrets.token_hex(16)}"
-        request[_REQUEST_ID] = request_id
-        body = await request.read()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-        request[_BODY] = parsed
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                CIMultiDictProxy(CIMultiDict(request.headers)),
-                body,
-                parsed,
-                request_id,
-            )
+    def _route_error(self, request: web.Request, exc: web.HTTPException) -> web.Response | None:
+        if exc.status < 400:
+            return None
+        # OpenAI answers unknown routes with its own error body, not an HTML page.
+        return _openai_error(
+            exc.status,
+            f"Invalid URL ({request.method} {request.path})",
+            "invalid_request_error",
+            None,
         )
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                # OpenAI answers unknown routes with its own error body, not an HTML page.
-                return _openai_error(
-                    exc.status,
-                    f"Invalid URL ({request.method} {request.path})",
-                    "invalid_request_error",
-                    None,
-                )
-            raise
 
     def _check_openai_key(self, request: web.Request) -> web.Response | None:
         if self.require_api_key is None:
@@ -417,15 +326,6 @@ class FakeOpenAI:
         if not request.query.get("api-version"):
             return _azure_error(404, "404", "Resource not found")
         return None
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake when the fake closes so no handler outlives it."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
-        except TimeoutError:
-            pass
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -487,11 +387,11 @@ class FakeOpenAI:
         return await self._chat(request, model)
 
     async def _chat(self, request: web.Request, azure_model: str | None) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         invalid = _validate_chat(body, azure_model is None)
         if invalid is not None:
             return invalid
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await self._wait(self.latency)
         model = azure_model or str(body["model"])
         stream = body.get("stream") is True
@@ -500,7 +400,7 @@ class FakeOpenAI:
             return _scripted_error(outcome, model)
         fault = outcome.kind if isinstance(outcome, _Fault) else None
         if fault == "reset":
-            return await _reset(request)
+            return await reset_connection(request)
         if fault == "mid_stream_error" and not stream:
             kind, code, message = _SERVER_ERROR
             return _openai_error(500, message, kind, code)
@@ -508,13 +408,12 @@ class FakeOpenAI:
         answer = self._answer(body, model, outcome if isinstance(outcome, _Reply) else None)
         if not stream:
             if fault == "stall":
-                await self._wait(self.stall_seconds)
-                return await _reset(request)
+                return await self._stall(request)
             if fault == "malformed":
                 return web.Response(body=b'{"id": "chatcmpl-', content_type="application/json")
             payload = _completion_json(answer, azure=azure_model is not None)
             if fault == "cut_stream":
-                return await _cut_body(request, json.dumps(payload).encode())
+                return await cut_body(request, json.dumps(payload).encode())
             return web.json_response(payload)
 
         options = body.get("stream_options")
@@ -532,7 +431,7 @@ class FakeOpenAI:
             limit = body.get("max_completion_tokens") or body.get("max_tokens")
             finish = "stop"
             if isinstance(limit, int) and limit >= 0:
-                text, cut = _truncate(text or "", limit)
+                text, cut = truncate(text or "", limit)
                 finish = "length" if cut else "stop"
         else:
             text = reply.text
@@ -543,9 +442,9 @@ class FakeOpenAI:
             cached, reasoning = reply.cached_tokens, reply.reasoning_tokens
             overrides = reply.usage or {}
             model = reply.model or model
-        completion_tokens = _count_tokens(text or "") + reasoning
+        completion_tokens = count_tokens(text or "") + reasoning
         for _, name, arguments in tool_calls:
-            completion_tokens += _count_tokens(name) + _count_tokens(arguments)
+            completion_tokens += count_tokens(name) + count_tokens(arguments)
         prompt = overrides.get("prompt_tokens", prompt_tokens)
         completion = overrides.get("completion_tokens", completion_tokens)
         usage = {
@@ -610,15 +509,6 @@ class FakeOpenAI:
             await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
         # cut_stream (and each of the above) then ends the body with no [DONE].
         await response.write_eof()
-
-
-async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(_REQUEST_ID) or f"req_{secrets.token_hex(16)}"
-    response.headers["x-request-id"] = request_id
-    response.headers["openai-version"] = "2020-10-01"
-    response.headers["openai-processing-ms"] = "7"
-    if request.path.startswith("/openai/"):
-        response.headers["apim-request-id"] = request_id
 
 
 def _openai_error(
@@ -718,30 +608,6 @@ def _validate_chat(body: Any, openai_route: bool) -> web.Response | None:
     return None
 
 
-async def _reset(request: web.Request) -> web.StreamResponse:
-    """Drop the connection with a TCP RST, as a crashed proxy or load balancer would."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be written any more; aiohttp drops a response for a closed transport.
-    return web.Response(status=499)
-
-
-async def _cut_body(request: web.Request, body: bytes) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return response
-
-
 def _tool_call(call: Mapping[str, Any] | Any) -> tuple[str, str, str]:
     if isinstance(call, Mapping):
         name, arguments, call_id = call["name"], call.get("arguments", "{}"), call.get("id")
@@ -763,23 +629,19 @@ def _content_text(content: Any) -> tuple[str, int]:
     return " ".join(t for t in texts if isinstance(t, str)), images
 
 
-def _count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
 def _prompt_tokens(messages: list[dict[str, Any]], tools: Any) -> int:
     total = _TOKENS_REPLY_PRIMING
     for message in messages:
         text, images = _content_text(message.get("content"))
-        total += _TOKENS_PER_MESSAGE + _count_tokens(text) + images * _TOKENS_PER_IMAGE
+        total += _TOKENS_PER_MESSAGE + count_tokens(text) + images * _TOKENS_PER_IMAGE
         if message.get("name"):
             total += 1
         for call in message.get("tool_calls") or ():
             function = call.get("function", {}) if isinstance(call, dict) else {}
-            total += _count_tokens(str(function.get("name", "")))
-            total += _count_tokens(str(function.get("arguments", "")))
+            total += count_tokens(str(function.get("name", "")))
+            total += count_tokens(str(function.get("arguments", "")))
     if tools:
-        total += _count_tokens(json.dumps(tools))
+        total += count_tokens(json.dumps(tools))
     return total
 
 
@@ -793,14 +655,6 @@ def _default_text(messages: list[dict[str, Any]]) -> str:
             text, _ = _content_text(message.get("content"))
             return f"Echo: {text}" if text else "Hello! How can I help you today?"
     return "Hello! How can I help you today?"
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` tokens of ``text``, and whether anything was cut."""
-    for n, match in enumerate(_TOKEN_RE.finditer(text)):
-        if n == limit:
-            return text[: match.start()].rstrip(), True
-    return text, False
 
 
 def _completion_json(answer: _Answer, *, azure: bool) -> dict[str, Any]:
@@ -894,7 +748,7 @@ def _chunks(answer: _Answer, include_usage: bool, azure: bool) -> Iterator[dict[
         yield chunk({"role": "assistant", "content": "", "refusal": None})
         pending = calls
         first_done = False
-    for piece in _PIECE_RE.split(answer.text or ""):
+    for piece in PIECE_RE.split(answer.text or ""):
         if piece:
             yield chunk({"content": piece})
     for n, (_, _, arguments) in enumerate(answer.tool_calls):
