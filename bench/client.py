@@ -11,6 +11,12 @@ so that a call is only counted when its whole answer arrived. A wrong length is 
 
 CPU is ``time.process_time()`` (every thread of this process, user + system) over the timed
 calls only; the warm-up and the imports are outside it.
+
+With ``--vary`` every call is a different request: the prompt ends with the call's number and
+the call names one of 16 users (``user`` in the body), so no cache or coalescing can answer
+it. Every client sends the same payloads then, so they stay comparable. ``tollway_stages``
+(tollway with issue #5's stages switched on, see ``STAGES_CONFIG``) is meant to run so: each
+of its calls is then a cache miss that goes through every stage to the upstream.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import resource
@@ -36,6 +43,61 @@ MAX_TOKENS = 128
 
 Call = Callable[[], Awaitable[int]]
 Close = Callable[[], Awaitable[None]]
+
+# --vary: every call a different prompt (and one of USERS), the same for every client.
+VARY = False
+USERS = tuple(f"bench-user-{i}" for i in range(16))
+_call_numbers = itertools.count()
+
+
+def next_call() -> tuple[list[dict[str, str]], str | None]:
+    """The messages and user of the next call: fixed, or with --vary unique to the call."""
+    if not VARY:
+        return MESSAGES, None
+    n = next(_call_numbers)
+    return [{"role": "user", "content": f"{PROMPT} (call {n})"}], USERS[n % len(USERS)]
+
+
+def _user_kw(user: str | None) -> dict[str, str]:
+    return {"user": user} if user is not None else {}
+
+
+# tollway_stages' stages, by their config table; --stages picks a subset (default: all).
+STAGE_TABLES = ("cache", "single_flight", "retry", "circuit_breaker", "rate_limits", "fallbacks")
+STAGES = STAGE_TABLES
+
+
+def stages_config(url: str, stages: tuple[str, ...] = STAGE_TABLES) -> dict[str, Any]:
+    """tollway_stages' config (issue #5's stages, all on), as ``load_config(data=...)`` takes."""
+    tables = _stage_tables()
+    return {
+        "providers": {"openai": {"type": "openai", "base_url": url + "/v1", "api_key": "sk-bench"}},
+        **{name: tables[name] for name in stages},
+    }
+
+
+def _stage_tables() -> dict[str, Any]:
+    return {
+        "cache": {"enabled": True, "backend": "memory"},
+        "single_flight": {"enabled": True, "backend": "local"},
+        "retry": {"enabled": True},
+        "circuit_breaker": {"enabled": True},
+        "rate_limits": {
+            "enabled": True,
+            "backend": "local",
+            # Generous: never makes a call wait, but every call is counted in its user's buckets.
+            "rules": [
+                {
+                    "scope": "user",
+                    "match": "*",
+                    "requests_per_minute": 1e9,
+                    "tokens_per_minute": 1e12,
+                }
+            ],
+        },
+        # Never used (the upstream does not fail), but the stage is on and looks the model up.
+        "fallbacks": {"openai/" + MODEL: ["openai/gpt-4o"]},
+    }
 
 
 def _versions(*names: str) -> dict[str, str]:
@@ -64,9 +126,10 @@ async def setup_floor(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     loads = json.loads
+    json_body, stream_body_for = _bodies(body), _bodies(stream_body)
 
     async def call_json() -> int:
-        async with session.post(endpoint, json=body, headers=headers) as resp:
+        async with session.post(endpoint, json=json_body(), headers=headers) as resp:
             data = loads(await resp.read())
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}")
@@ -74,7 +137,7 @@ async def setup_floor(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
 
     async def call_stream() -> int:
         n = 0
-        async with session.post(endpoint, json=stream_body, headers=headers) as resp:
+        async with session.post(endpoint, json=stream_body_for(), headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}")
             async for line in resp.content:
@@ -90,6 +153,18 @@ async def setup_floor(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
         return n
 
     return call_json, call_stream, session.close, _versions("aiohttp")
+
+
+def _bodies(body: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """The floor's request body per call: always ``body``, or with --vary a fresh one."""
+    if not VARY:
+        return lambda: body
+
+    def varied() -> dict[str, Any]:
+        messages, user = next_call()
+        return {**body, "messages": messages, "user": user}
+
+    return varied
 
 
 async def setup_floor_any(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
@@ -110,11 +185,12 @@ async def setup_floor_any(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
         "stream_options": {"include_usage": True},
     }
     loads = json.loads
+    stream_body_for = _bodies(stream_body)
 
     async def call_stream() -> int:
         n = 0
         rest = b""
-        async with session.post(endpoint, json=stream_body, headers=headers) as resp:
+        async with session.post(endpoint, json=stream_body_for(), headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}")
             async for block in resp.content.iter_any():
@@ -145,16 +221,22 @@ async def setup_tollway(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     pipe = Pipeline.build(
         providers={"openai": {"type": "openai", "base_url": url + "/v1", "api_key": "sk-bench"}}
     )
+    return await _tollway_calls(pipe)
+
+
+async def _tollway_calls(pipe: Any) -> tuple[Call, Call, Close, dict[str, str]]:
     await pipe.__aenter__()
     model = "openai/" + MODEL
 
     async def call_json() -> int:
-        response = await pipe.complete(model, MESSAGES, max_tokens=MAX_TOKENS)
+        messages, user = next_call()
+        response = await pipe.complete(model, messages, max_tokens=MAX_TOKENS, user=user)
         return len(response.text)
 
     async def call_stream() -> int:
         n = 0
-        async for chunk in pipe.stream(model, MESSAGES, max_tokens=MAX_TOKENS):
+        messages, user = next_call()
+        async for chunk in pipe.stream(model, messages, max_tokens=MAX_TOKENS, user=user):
             if chunk.text:
                 n += len(chunk.text)
         return n
@@ -165,6 +247,19 @@ async def setup_tollway(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     return call_json, call_stream, close, _versions("tollway", "tollway-openai", "aiohttp")
 
 
+async def setup_tollway_stages(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
+    """tollway with issue #5's stages on (cache memory, single_flight local, retry,
+    circuit_breaker, a per-user rate limit, fallbacks): run with --vary, every call a miss."""
+    from tollway import Pipeline
+    from tollway.config import load_config
+    from tollway.plugins import build_plugin_manager
+
+    data = stages_config(url, STAGES)
+    config = load_config(data=data, plugins=build_plugin_manager(), environ={})
+    pipe = Pipeline.build(config=config)
+    return await _tollway_calls(pipe)
+
+
 async def setup_openai(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     """The official OpenAI SDK (httpx underneath), retries off."""
     from openai import AsyncOpenAI
@@ -173,17 +268,22 @@ async def setup_openai(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     create = client.chat.completions.create
 
     async def call_json() -> int:
-        response = await create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS)
+        messages, user = next_call()
+        response = await create(
+            model=MODEL, messages=messages, max_tokens=MAX_TOKENS, **_user_kw(user)
+        )
         return len(response.choices[0].message.content or "")
 
     async def call_stream() -> int:
         n = 0
+        messages, user = next_call()
         stream = await create(
             model=MODEL,
-            messages=MESSAGES,
+            messages=messages,
             max_tokens=MAX_TOKENS,
             stream=True,
             stream_options={"include_usage": True},
+            **_user_kw(user),
         )
         async for chunk in stream:
             for choice in chunk.choices:
@@ -208,25 +308,29 @@ async def setup_litellm(url: str) -> tuple[Call, Call, Close, dict[str, str]]:
     model = "openai/" + MODEL
 
     async def call_json() -> int:
+        messages, user = next_call()
         response = await litellm.acompletion(
             model=model,
-            messages=MESSAGES,
+            messages=messages,
             max_tokens=MAX_TOKENS,
             api_base=api_base,
             api_key="sk-bench",
+            **_user_kw(user),
         )
         return len(response.choices[0].message.content or "")
 
     async def call_stream() -> int:
         n = 0
+        messages, user = next_call()
         stream = await litellm.acompletion(
             model=model,
-            messages=MESSAGES,
+            messages=messages,
             max_tokens=MAX_TOKENS,
             api_base=api_base,
             api_key="sk-bench",
             stream=True,
             stream_options={"include_usage": True},
+            **_user_kw(user),
         )
         async for chunk in stream:
             for choice in chunk.choices:
@@ -252,6 +356,7 @@ CLIENTS = {
     "floor": setup_floor,
     "floor_any": setup_floor_any,
     "tollway": setup_tollway,
+    "tollway_stages": setup_tollway_stages,
     "openai": setup_openai,
     "litellm": setup_litellm,
 }
@@ -373,6 +478,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_busy": upstream_cpu / wall / args.upstream_cpus if wall > 0 else None,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": versions,
+        "vary": VARY,
+        "stages": list(STAGES) if args.client == "tollway_stages" else [],
         "python": sys.version.split()[0],
         "executable": sys.executable,
     }
@@ -396,7 +503,21 @@ def main() -> None:
         help="cProfile the timed calls into this file (the timings are then not comparable)",
     )
     parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
+    parser.add_argument(
+        "--vary", action="store_true", help="every call a different prompt and one of 16 users"
+    )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGE_TABLES),
+        help=f"tollway_stages only: which of {','.join(STAGE_TABLES)} to switch on (default all)",
+    )
     args = parser.parse_args()
+    global VARY, STAGES
+    VARY = args.vary
+    STAGES = tuple(t for t in args.stages.split(",") if t)
+    unknown = set(STAGES) - set(STAGE_TABLES)
+    if unknown:
+        parser.error(f"unknown stage table(s) {', '.join(sorted(unknown))}")
     cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
     args.upstream_pids = [int(p) for p in args.upstream_pids.split(",") if p.strip()]
     if cpus and hasattr(os, "sched_setaffinity"):
