@@ -8,7 +8,6 @@ once per provider what can be done once (URLs, headers, the default timeout).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,18 +17,22 @@ import aiohttp
 from yarl import URL
 
 from tollway.errors import (
-    AuthenticationError,
     BadRequestError,
-    ConfigError,
-    MalformedResponseError,
     ProviderError,
-    ProviderTimeoutError,
     StreamInterruptedError,
-    UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_sse
+from tollway.providers.wire import (
+    EXCERPT_CHARS,
+    PARSE_ERRORS,
+    HttpProvider,
+    checked_endpoint,
+    configured_key,
+    malformed,
+    no_api_key,
+    status_error,
+)
 from tollway.types import (
     ImagePart,
     Message,
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AnthropicProvider"]
 
-_EXCERPT_CHARS = 200
 _MODELS_PAGE = 1000  # the most /v1/models gives per page
 
 # Anthropic's stop reasons in OpenAI's vocabulary; anything else (``pause_turn``, a reason added
@@ -87,44 +89,29 @@ _STATUS_OF_ERROR_TYPE: dict[str, int] = {
     "overloaded_error": 529,
 }
 _SYSTEM_ROLES = frozenset(("system", "developer"))
-# What a body that is not what it should be raises while it is read: caught once, reported as
-# malformed.
-_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
 class _ImageError(ValueError):
     """An image part Anthropic cannot take; raised as BadRequestError naming the provider."""
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """Anthropic's ``/v1/messages``, at api.anthropic.com or a server with the same API."""
 
+    settings: AnthropicSettings
+
     def __init__(self, settings: AnthropicSettings, context: ProviderContext) -> None:
-        self.name = context.name
-        self.settings = settings
-        self._http = context.http
+        super().__init__(settings, context)
         base = (settings.base_url or ANTHROPIC_BASE_URL).rstrip("/")
         # The SDK's base URL has no /v1, OpenAI's has one; take either so a copied URL works.
         self._base = base[:-3] if base.endswith("/v1") else base
-        try:
-            self._endpoint = endpoint_key(self._base)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.base_url") from None
+        self._endpoint = checked_endpoint(self._base, self.name, "base_url")
         self._messages_url = URL(self._base + "/v1/messages", encoded=True)
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout, sock_connect=settings.connect_timeout
-        )
-        # The pool's handle on this endpoint, taken on first use: it records health and
-        # hands out the current session, which the pool may rebuild after transport failures.
-        self._handle: Endpoint | None = None
         # Built on the first call, so a provider that is configured but never used needs no key.
         self._headers: dict[str, str] | None = None
         self._default_max_tokens = settings.default_max_tokens
         cache = settings.system_cache_control
         self._system_cache = dict(cache) if cache else None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, url={self._base!r})"
 
     # -- the Provider protocol -------------------------------------------------------------
 
@@ -132,7 +119,13 @@ class AnthropicProvider:
         model = request.model_name
         data = json.dumps(self._payload(request, model)).encode()
         started = time.perf_counter()
-        body, headers = await self._send("POST", self._messages_url, data, request.timeout)
+        body, headers = await self._send(
+            "POST",
+            self._messages_url,
+            data,
+            request.timeout,
+            self._headers or self._resolve_headers(),
+        )
         try:
             parsed = json.loads(body)
             texts: list[str] = []
@@ -159,7 +152,7 @@ class AnthropicProvider:
                 headers.get("request-id"),
                 time.perf_counter() - started,
             )
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
         return response
 
@@ -308,7 +301,7 @@ class AnthropicProvider:
                     else:
                         # ping, content_block_stop, and event types added later.
                         continue
-                except _PARSE_ERRORS as exc:
+                except PARSE_ERRORS as exc:
                     raise self._unparseable(text.encode(), exc) from None
                 started = True
                 yield chunk
@@ -319,14 +312,7 @@ class AnthropicProvider:
                     request_id=request_id,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.stats.failures += 1
-            if started and not isinstance(exc, TimeoutError):
-                raise StreamInterruptedError(
-                    f"{self.name}'s stream was cut off: {type(exc).__name__}: {exc}",
-                    provider=self.name,
-                    request_id=request_id,
-                ) from exc
-            raise self._transport_error(exc, request.timeout) from exc
+            raise self._stream_broken(handle, exc, started, request_id, request.timeout) from exc
         except ProviderError as exc:
             self._count(exc)
             raise
@@ -346,7 +332,9 @@ class AnthropicProvider:
             if after:
                 query += f"&after_id={quote(after, safe='')}"
             url = URL(self._base + "/v1/models" + query, encoded=True)
-            body, _ = await self._send("GET", url, None, None)
+            body, _ = await self._send(
+                "GET", url, None, None, self._headers or self._resolve_headers()
+            )
             try:
                 page = json.loads(body)
                 for item in page["data"]:
@@ -360,35 +348,19 @@ class AnthropicProvider:
                         )
                     )
                 after = page.get("last_id") if page.get("has_more") else None
-            except _PARSE_ERRORS as exc:
+            except PARSE_ERRORS as exc:
                 raise self._count(self._unparseable(body, exc)) from None
             if not after:
                 return models
 
-    async def aclose(self) -> None:
-        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
-        self._handle = None
-
     # -- HTTP ------------------------------------------------------------------------------
-
-    def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
-        return handle
 
     def _resolve_headers(self) -> dict[str, str]:
         settings = self.settings
-        key = settings.api_key.get() if settings.api_key is not None else None
-        if not key and settings.api_key_env:
-            key = os.environ.get(settings.api_key_env) or None
+        key = configured_key(settings)
         custom = {k.lower() for k in settings.headers}
         if not key and not custom & {"x-api-key", "authorization"}:
-            env = settings.api_key_env
-            how = f"the {env} environment variable, or " if env else ""
-            raise AuthenticationError(
-                f"no API key for provider {self.name!r}: set {how}api_key (or api_key_env) "
-                f"in [providers.{self.name}]",
-                provider=self.name,
-            )
+            raise no_api_key(self.name, settings.api_key_env)
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -401,33 +373,6 @@ class AnthropicProvider:
         headers.update(settings.headers)
         self._headers = headers
         return headers
-
-    def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        if seconds is None:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.settings.connect_timeout)
-
-    async def _send(
-        self, method: str, url: URL, data: bytes | None, seconds: float | None
-    ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        """The body and headers of a 2xx answer; every failure raised as a tollway error."""
-        headers = self._headers or self._resolve_headers()
-        handle = self._handle or self._take_handle()
-        sent = time.monotonic()
-        try:
-            async with handle.session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.failed(sent, exc)
-            raise self._transport_error(exc, seconds) from exc
-        handle.ok(sent)
-        if status >= 400:
-            raise self._count(self._status_error(status, body, response_headers))
-        return body, response_headers
 
     # -- building the request --------------------------------------------------------------
 
@@ -505,7 +450,7 @@ class AnthropicProvider:
         if not isinstance(parsed, dict):
             raise BadRequestError(
                 f"the assistant's tool call {call.id!r} ({call.name}) has arguments that are not "
-                f"a JSON object, which Anthropic requires: {arguments[:_EXCERPT_CHARS]!r}",
+                f"a JSON object, which Anthropic requires: {arguments[:EXCERPT_CHARS]!r}",
                 provider=self.name,
             )
         return {"type": "tool_use", "id": call.id, "name": call.name, "input": parsed}
@@ -528,14 +473,13 @@ class AnthropicProvider:
 
     # -- reading answers and errors --------------------------------------------------------
 
-    def _count(self, error: ProviderError) -> ProviderError:
-        """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
-            self._handle.stats.failures += 1
-        return error
-
     def _status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str]
+        self,
+        status: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        *,
+        model: str | None = None,
     ) -> ProviderError:
         message: Any = None
         kind: Any = None
@@ -549,17 +493,16 @@ class AnthropicProvider:
             elif isinstance(error, str):
                 message = error
             request_id = request_id or parsed.get("request_id")
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             pass
-        if not message:
-            message = _excerpt(body) or None
-        return error_for_status(
+        return status_error(
+            self.name,
             status,
-            provider=self.name,
-            provider_message=str(message) if message is not None else None,
+            body,
+            headers,
+            message,
             request_id=request_id,
             code=str(kind) if kind else None,
-            headers=headers,
         )
 
     def _stream_error(self, error: Any, request_id: str | None) -> ProviderError:
@@ -568,7 +511,7 @@ class AnthropicProvider:
             message, kind = error.get("message"), error.get("type")
         else:
             message, kind = error, None
-        text = str(message) if message else json.dumps(error)[:_EXCERPT_CHARS]
+        text = str(message) if message else json.dumps(error)[:EXCERPT_CHARS]
         code = str(kind) if kind else None
         # The class an HTTP answer of the same type would get, without pretending to a status.
         status = _STATUS_OF_ERROR_TYPE.get(code or "", 500)
@@ -588,31 +531,7 @@ class AnthropicProvider:
             parsed = None
         if isinstance(parsed, dict) and parsed.get("type") == "error" and "error" in parsed:
             return self._stream_error(parsed["error"], parsed.get("request_id"))
-        return MalformedResponseError(
-            f"{self.name} sent an answer that is not an Anthropic message "
-            f"({type(cause).__name__}: {cause}): {_excerpt(body)!r}",
-            provider=self.name,
-            provider_message=_excerpt(body),
-        )
-
-    def _transport_error(self, exc: BaseException, timeout: float | None) -> ProviderError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return ProviderTimeoutError(
-                f"could not connect to {self.name} at {self._endpoint} within "
-                f"{self.settings.connect_timeout:g}s",
-                provider=self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            seconds = timeout if timeout is not None else self.settings.timeout
-            return ProviderTimeoutError(
-                f"{self.name} did not answer within {seconds:g}s", provider=self.name
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UnavailableError(f"{self.name}'s answer was cut off: {exc}", provider=self.name)
-        return UnavailableError(
-            f"could not reach {self.name} at {self._endpoint}: {type(exc).__name__}: {exc}",
-            provider=self.name,
-        )
+        return malformed(self.name, "an Anthropic message", body, cause)
 
 
 def _block(part: TextPart | ImagePart) -> dict[str, Any]:
@@ -678,8 +597,3 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
         write,
         (details.get("thinking_tokens") or 0) if details else 0,
     )
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
-    return text[:_EXCERPT_CHARS]

@@ -21,7 +21,6 @@ from yarl import URL
 from tollway.errors import (
     AuthenticationError,
     BadRequestError,
-    ConfigError,
     ContextLengthExceededError,
     MalformedResponseError,
     NotFoundError,
@@ -31,9 +30,17 @@ from tollway.errors import (
     RateLimitedError,
     StreamInterruptedError,
     UnavailableError,
-    error_for_status,
 )
-from tollway.providers.http import Endpoint, endpoint_key
+from tollway.providers.http import Endpoint
+from tollway.providers.wire import (
+    EXCERPT_CHARS,
+    PARSE_ERRORS,
+    HttpProvider,
+    checked_endpoint,
+    excerpt,
+    malformed,
+    status_error,
+)
 from tollway.types import (
     ImagePart,
     Message,
@@ -59,9 +66,7 @@ __all__ = ["BedrockProvider"]
 
 _SERVICE = "bedrock"
 _EVENT_STREAM = "application/vnd.amazon.eventstream"
-_EXCERPT_CHARS = 200
 _NO_USAGE = Usage()
-_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 # Bedrock's stop reasons in OpenAI's words; one not listed is passed on as Bedrock said it.
 _FINISH_REASONS = {
@@ -122,31 +127,19 @@ _NO_CREDENTIALS = (
 )
 
 
-class BedrockProvider:
+class BedrockProvider(HttpProvider):
     """One AWS region's Bedrock runtime (and its control plane, for ``list_models``)."""
 
+    settings: BedrockSettings
+
     def __init__(self, settings: BedrockSettings, context: ProviderContext) -> None:
-        self.name = context.name
-        self.settings = settings
-        self._http = context.http
+        super().__init__(settings, context)
         self._region = settings.region
         self._base = (settings.base_url or runtime_url(settings.region)).rstrip("/")
         self._control = (settings.control_url or control_plane_url(settings.region)).rstrip("/")
-        try:
-            self._endpoint = endpoint_key(self._base)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.base_url") from None
-        try:
-            endpoint_key(self._control)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.control_url") from None
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout, sock_connect=settings.connect_timeout
-        )
-        # The pool's handles on the runtime and the control plane, each taken on first use:
-        # they record health and hand out the current session, which the pool may rebuild
-        # after transport failures.
-        self._handle: Endpoint | None = None
+        self._endpoint = checked_endpoint(self._base, self.name, "base_url")
+        checked_endpoint(self._control, self.name, "control_url")
+        # The control plane's handle, taken on first use like the runtime's (``_handle``).
         self._control_handle: Endpoint | None = None
         # Signed headers start from these; a custom header is signed with the rest.
         self._headers = {"Content-Type": "application/json", **settings.headers}
@@ -168,7 +161,8 @@ class BedrockProvider:
         data = json.dumps(self._payload(request)).encode()
         url_text, url, _, _ = self._urls.get(model) or self._model_urls(model)
         started = time.perf_counter()
-        body, headers = await self._send("POST", url_text, url, data, request.timeout)
+        headers = await self._signed_headers("POST", url_text, data)
+        body, headers = await self._send("POST", url, data, request.timeout, headers)
         request_id = headers.get("x-amzn-RequestId")
         try:
             parsed = json.loads(body)
@@ -195,7 +189,7 @@ class BedrockProvider:
                 request_id,
                 time.perf_counter() - started,
             )
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc, request_id)) from None
         return response
 
@@ -212,7 +206,7 @@ class BedrockProvider:
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             handle.failed(sent, exc)
-            raise self._transport_error(exc, request.timeout, self._endpoint) from exc
+            raise self._transport_error(exc, request.timeout) from exc
         handle.ok(sent)
 
         request_id = response.headers.get("x-amzn-RequestId")
@@ -273,7 +267,7 @@ class BedrockProvider:
                         chunk = StreamChunk("", (), finish, usage, request_id, model_name)
                     else:
                         continue  # messageStart, contentBlockStop: nothing to pass on
-                except _PARSE_ERRORS as exc:
+                except PARSE_ERRORS as exc:
                     raise self._unparseable(payload, exc, request_id) from None
                 started = True
                 yield chunk
@@ -298,14 +292,7 @@ class BedrockProvider:
                 request_id=request_id,
             ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.stats.failures += 1
-            if started and not isinstance(exc, TimeoutError):
-                raise StreamInterruptedError(
-                    f"{name}'s stream was cut off: {type(exc).__name__}: {exc}",
-                    provider=name,
-                    request_id=request_id,
-                ) from exc
-            raise self._transport_error(exc, request.timeout, self._endpoint) from exc
+            raise self._stream_broken(handle, exc, started, request_id, request.timeout) from exc
         except ProviderError as exc:
             self._count(exc)
             raise
@@ -321,8 +308,11 @@ class BedrockProvider:
     async def list_models(self) -> list[ModelInfo]:
         # Only models that answer in text: embedding and image models cannot converse.
         url_text = f"{self._control}/foundation-models?byOutputModality=TEXT"
+        headers = await self._signed_headers("GET", url_text, None)
+        # Taken after signing, so a call that fails for want of credentials touches no endpoint.
+        handle = self._control_handle or self._take_control_handle()
         body, headers = await self._send(
-            "GET", url_text, URL(url_text, encoded=True), None, None, control=True
+            "GET", URL(url_text, encoded=True), None, None, headers, handle
         )
         try:
             summaries = json.loads(body)["modelSummaries"]
@@ -335,7 +325,7 @@ class BedrockProvider:
                 )
                 for item in summaries
             ]
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._unparseable(body, exc, headers.get("x-amzn-RequestId")) from None
 
     async def aclose(self) -> None:
@@ -412,59 +402,10 @@ class BedrockProvider:
         self._urls[model] = urls
         return urls
 
-    def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
-        return handle
-
     def _take_control_handle(self) -> Endpoint:
         # The control plane serves only list_models: the pool's default limit is plenty.
         handle = self._control_handle = self._http.endpoint(self._control)
         return handle
-
-    def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        if seconds is None:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.settings.connect_timeout)
-
-    async def _send(
-        self,
-        method: str,
-        url_text: str,
-        url: URL,
-        data: bytes | None,
-        request_timeout: float | None,
-        *,
-        control: bool = False,
-    ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        """The body and headers of a 2xx answer; every failure raised as a tollway error."""
-        headers = await self._signed_headers(method, url_text, data)
-        # Taken after signing, so a call that fails for want of credentials touches no endpoint.
-        if control:
-            handle = self._control_handle or self._take_control_handle()
-        else:
-            handle = self._handle or self._take_handle()
-        sent = time.monotonic()
-        try:
-            async with handle.session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=self._timeout_for(request_timeout),
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.failed(sent, exc)
-            raise self._transport_error(exc, request_timeout, handle.key) from exc
-        handle.ok(sent)
-        if status >= 400:
-            error = self._status_error(status, body, response_headers)
-            if error.retryable:
-                handle.stats.failures += 1
-            raise error
-        return body, response_headers
 
     # -- building the request --------------------------------------------------------------
 
@@ -543,7 +484,7 @@ class BedrockProvider:
             except ValueError:
                 raise BadRequestError(
                     f"the arguments of tool call {call.id!r} ({call.name}) are not JSON: "
-                    f"{arguments[:_EXCERPT_CHARS]!r}; Bedrock takes tool input as a JSON object",
+                    f"{arguments[:EXCERPT_CHARS]!r}; Bedrock takes tool input as a JSON object",
                     provider=self.name,
                 ) from None
             blocks.append(
@@ -570,14 +511,13 @@ class BedrockProvider:
 
     # -- reading errors --------------------------------------------------------------------
 
-    def _count(self, error: ProviderError) -> ProviderError:
-        """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
-            self._handle.stats.failures += 1
-        return error
-
     def _status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str]
+        self,
+        status: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        *,
+        model: str | None = None,
     ) -> ProviderError:
         kind = headers.get("x-amzn-ErrorType", "").partition(":")[0] or None
         message: Any = None
@@ -586,19 +526,18 @@ class BedrockProvider:
             message = parsed.get("message") or parsed.get("Message")
             if kind is None:
                 kind = str(parsed.get("__type", "")).rpartition("#")[2] or None
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             pass
-        if not message:
-            message = _excerpt(body) or None
-        text = str(message) if message is not None else None
-        error = error_for_status(
+        error = status_error(
+            self.name,
             status,
-            provider=self.name,
-            provider_message=text,
+            body,
+            headers,
+            message,
             request_id=headers.get("x-amzn-RequestId"),
             code=kind,
-            headers=headers,
         )
+        text = error.provider_message
         cls = _ERROR_TYPES.get(kind or "", type(error))
         if cls is BadRequestError and _is_context_length(text):
             cls = ContextLengthExceededError
@@ -626,9 +565,9 @@ class BedrockProvider:
             kind = str(headers.get(":exception-type", ""))
             try:
                 message = json.loads(payload).get("message")
-            except _PARSE_ERRORS:
+            except PARSE_ERRORS:
                 message = None
-            text = str(message) if message else _excerpt(payload)
+            text = str(message) if message else excerpt(payload)
         elif message_type == "error":
             kind = str(headers.get(":error-code", ""))
             text = str(headers.get(":error-message", ""))
@@ -636,7 +575,7 @@ class BedrockProvider:
             return MalformedResponseError(
                 f"{self.name} sent an event-stream message of unknown type {message_type!r}",
                 provider=self.name,
-                provider_message=_excerpt(payload),
+                provider_message=excerpt(payload),
                 request_id=request_id,
             )
         cls = _STREAM_ERRORS.get(kind, UnavailableError)
@@ -653,34 +592,7 @@ class BedrockProvider:
     def _unparseable(
         self, body: bytes, cause: BaseException, request_id: str | None
     ) -> ProviderError:
-        return MalformedResponseError(
-            f"{self.name} sent an answer that is not a Bedrock Converse response "
-            f"({type(cause).__name__}: {cause}): {_excerpt(body)!r}",
-            provider=self.name,
-            provider_message=_excerpt(body),
-            request_id=request_id,
-        )
-
-    def _transport_error(
-        self, exc: BaseException, timeout: float | None, endpoint: str
-    ) -> ProviderError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return ProviderTimeoutError(
-                f"could not connect to {self.name} at {endpoint} within "
-                f"{self.settings.connect_timeout:g}s",
-                provider=self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            seconds = timeout if timeout is not None else self.settings.timeout
-            return ProviderTimeoutError(
-                f"{self.name} did not answer within {seconds:g}s", provider=self.name
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UnavailableError(f"{self.name}'s answer was cut off: {exc}", provider=self.name)
-        return UnavailableError(
-            f"could not reach {self.name} at {endpoint}: {type(exc).__name__}: {exc}",
-            provider=self.name,
-        )
+        return malformed(self.name, "a Bedrock Converse response", body, cause, request_id)
 
 
 def _parts(parts: tuple[TextPart | ImagePart, ...], provider: str) -> list[dict[str, Any]]:
@@ -762,8 +674,3 @@ def _usage(usage: Mapping[str, Any] | None) -> Usage:
 def _is_context_length(message: str | None) -> bool:
     lowered = (message or "").lower()
     return any(phrase in lowered for phrase in _CONTEXT_LENGTH_PHRASES)
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
-    return text[:_EXCERPT_CHARS]

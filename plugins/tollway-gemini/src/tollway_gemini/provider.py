@@ -33,8 +33,16 @@ from tollway.errors import (
     UnavailableError,
     error_for_status,
 )
-from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_sse
+from tollway.providers.wire import (
+    PARSE_ERRORS,
+    HttpProvider,
+    checked_endpoint,
+    configured_key,
+    malformed,
+    no_api_key,
+    status_error,
+)
 from tollway.types import (
     ImagePart,
     Message,
@@ -57,12 +65,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GeminiProvider", "VertexProvider"]
 
-_EXCERPT_CHARS = 200
 _NO_USAGE = Usage()
 _MAX_MODEL_PAGES = 20
-# What a body that is not the expected JSON cannot be parsed into: caught once, reported as
-# malformed, so no KeyError or JSONDecodeError reaches the caller.
-_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 _FINISH_REASONS = {
     "STOP": "stop",
@@ -96,32 +100,18 @@ _AUTH_REASONS = frozenset(("API_KEY_INVALID", "API_KEY_EXPIRED", "ACCESS_TOKEN_E
 _TOO_LONG_PHRASE = "exceeds the maximum number of tokens"
 
 
-class GeminiProvider:
+class GeminiProvider(HttpProvider):
     """The Gemini API: generativelanguage.googleapis.com, or a server like it at ``base_url``."""
 
     settings: GeminiSettings | VertexSettings
 
     def __init__(self, settings: GeminiSettings | VertexSettings, context: ProviderContext) -> None:
-        self.name = context.name
-        self.settings = settings
-        self._http = context.http
+        super().__init__(settings, context)
         self._base = self._base_url().rstrip("/")
-        try:
-            self._endpoint = endpoint_key(self._base)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.base_url") from None
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout, sock_connect=settings.connect_timeout
-        )
-        # The pool's handle on this endpoint, taken on first use: it records health and
-        # hands out the current session, which the pool may rebuild after transport failures.
-        self._handle: Endpoint | None = None
+        self._endpoint = checked_endpoint(self._base, self.name, "base_url")
         # Built on the first call, so a provider that is configured but never used needs no key.
         self._headers: dict[str, str] | None = None
         self._urls: dict[str, tuple[URL, URL, str]] = {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, url={self._base!r})"
 
     # -- what differs between the Gemini API and Vertex AI ---------------------------------
 
@@ -145,20 +135,13 @@ class GeminiProvider:
         if headers is not None:
             return headers
         settings = self.settings
-        key = settings.api_key.get() if settings.api_key is not None else None
+        key = configured_key(settings)
         env = settings.api_key_env
-        if not key and env:
-            key = os.environ.get(env) or None
-            if not key and env == "GEMINI_API_KEY":
-                key = os.environ.get("GOOGLE_API_KEY") or None
+        if not key and env == "GEMINI_API_KEY":
+            key = os.environ.get("GOOGLE_API_KEY") or None
         custom = {k.lower() for k in settings.headers}
         if not key and not custom & {"x-goog-api-key", "authorization"}:
-            how = f"the {env} environment variable, or " if env else ""
-            raise AuthenticationError(
-                f"no API key for provider {self.name!r}: set {how}api_key (or api_key_env) in "
-                f"[providers.{self.name}]; get a key at https://aistudio.google.com/apikey",
-                provider=self.name,
-            )
+            raise no_api_key(self.name, env, "; get a key at https://aistudio.google.com/apikey")
         headers = {"Content-Type": "application/json"}
         if key:
             headers["x-goog-api-key"] = key
@@ -173,7 +156,9 @@ class GeminiProvider:
         url, _, label = self._urls.get(model) or self._urls_for(model)
         data = json.dumps(self._payload(request)).encode()
         started = time.perf_counter()
-        body, headers = await self._send("POST", url, data, request.timeout)
+        body, headers = await self._send(
+            "POST", url, data, request.timeout, self._request_headers()
+        )
         try:
             parsed = json.loads(body)
             candidate = self._candidate(parsed, in_stream=False)
@@ -198,7 +183,7 @@ class GeminiProvider:
             raw_finish = candidate.get("finishReason")
             response_id = parsed.get("responseId") or ""
             usage = _usage(parsed.get("usageMetadata"))
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
         finish = self._finish(raw_finish, candidate, bool(text or calls), bool(calls))
         return Response(
@@ -279,7 +264,7 @@ class GeminiProvider:
                             calls += 1
                     if candidate.get("finishReason"):
                         finish, finished = candidate["finishReason"], candidate
-                except _PARSE_ERRORS as exc:
+                except PARSE_ERRORS as exc:
                     raise self._unparseable(text.encode(), exc) from None
                 if chunk_text or deltas:
                     started = produced = True
@@ -292,20 +277,13 @@ class GeminiProvider:
                 )
             try:
                 usage = _usage(usage_metadata)
-            except _PARSE_ERRORS as exc:
+            except PARSE_ERRORS as exc:
                 raise self._unparseable(json.dumps(usage_metadata).encode(), exc) from None
             reason = self._finish(finish, finished, produced, calls > 0)
             done = True
             yield StreamChunk("", (), reason, usage, response_id, label)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.stats.failures += 1
-            if started and not isinstance(exc, TimeoutError):
-                raise StreamInterruptedError(
-                    f"{name}'s stream was cut off: {type(exc).__name__}: {exc}",
-                    provider=name,
-                    request_id=request_id,
-                ) from exc
-            raise self._transport_error(exc, request.timeout) from exc
+            raise self._stream_broken(handle, exc, started, request_id, request.timeout) from exc
         except ProviderError as exc:
             self._count(exc)
             raise
@@ -322,12 +300,14 @@ class GeminiProvider:
         models: list[ModelInfo] = []
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
-            body, _headers = await self._send("GET", self._models_url(token), None, None)
+            body, _headers = await self._send(
+                "GET", self._models_url(token), None, None, self._request_headers()
+            )
             try:
                 parsed = json.loads(body)
                 models.extend(self._model_info(item) for item in parsed.get(self._models_key) or ())
                 token = parsed.get("nextPageToken")
-            except _PARSE_ERRORS as exc:
+            except PARSE_ERRORS as exc:
                 raise self._count(self._unparseable(body, exc)) from None
             if not token:
                 break
@@ -348,10 +328,6 @@ class GeminiProvider:
             owned_by="google",
         )
 
-    async def aclose(self) -> None:
-        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
-        self._handle = None
-
     # -- HTTP ------------------------------------------------------------------------------
 
     def _urls_for(self, model: str) -> tuple[URL, URL, str]:
@@ -363,37 +339,6 @@ class GeminiProvider:
         )
         self._urls[model] = urls
         return urls
-
-    def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
-        return handle
-
-    def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        if seconds is None:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.settings.connect_timeout)
-
-    async def _send(
-        self, method: str, url: URL, data: bytes | None, seconds: float | None
-    ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        """The body and headers of a 2xx answer; every failure raised as a tollway error."""
-        headers = self._request_headers()
-        handle = self._handle or self._take_handle()
-        sent = time.monotonic()
-        try:
-            async with handle.session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.failed(sent, exc)
-            raise self._transport_error(exc, seconds) from exc
-        handle.ok(sent)
-        if status >= 400:
-            raise self._count(self._status_error(status, body, response_headers))
-        return body, response_headers
 
     # -- building the request --------------------------------------------------------------
 
@@ -586,14 +531,13 @@ class GeminiProvider:
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _count(self, error: ProviderError) -> ProviderError:
-        """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
-            self._handle.stats.failures += 1
-        return error
-
     def _status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str]
+        self,
+        status: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        *,
+        model: str | None = None,
     ) -> ProviderError:
         error: Any = None
         try:
@@ -602,15 +546,11 @@ class GeminiProvider:
                 # streamGenerateContent without alt=sse wraps its error in an array.
                 parsed = parsed[0]
             error = parsed["error"]
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             pass
         if not isinstance(error, dict):
-            return error_for_status(
-                status,
-                provider=self.name,
-                provider_message=_excerpt(body) or None,
-                request_id=headers.get("x-request-id"),
-                headers=headers,
+            return status_error(
+                self.name, status, body, headers, None, request_id=headers.get("x-request-id")
             )
         return self._api_error(status, error, headers)
 
@@ -685,31 +625,7 @@ class GeminiProvider:
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
             return self._api_error(None, parsed["error"], None, context="in place of an answer")
-        return MalformedResponseError(
-            f"{self.name} sent an answer that is not a Gemini GenerateContentResponse "
-            f"({type(cause).__name__}: {cause}): {_excerpt(body)!r}",
-            provider=self.name,
-            provider_message=_excerpt(body),
-        )
-
-    def _transport_error(self, exc: BaseException, timeout: float | None) -> ProviderError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return ProviderTimeoutError(
-                f"could not connect to {self.name} at {self._endpoint} within "
-                f"{self.settings.connect_timeout:g}s",
-                provider=self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            seconds = timeout if timeout is not None else self.settings.timeout
-            return ProviderTimeoutError(
-                f"{self.name} did not answer within {seconds:g}s", provider=self.name
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UnavailableError(f"{self.name}'s answer was cut off: {exc}", provider=self.name)
-        return UnavailableError(
-            f"could not reach {self.name} at {self._endpoint}: {type(exc).__name__}: {exc}",
-            provider=self.name,
-        )
+        return malformed(self.name, "a Gemini GenerateContentResponse", body, cause)
 
 
 class VertexProvider(GeminiProvider):
@@ -854,8 +770,3 @@ def _duration(value: Any) -> float | None:
             return None
         return seconds if seconds >= 0 else None
     return None
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
-    return text[:_EXCERPT_CHARS]

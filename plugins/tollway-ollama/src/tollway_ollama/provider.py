@@ -20,7 +20,6 @@ What Ollama's API does not give, and how it is filled in:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,18 +29,23 @@ from yarl import URL
 
 from tollway.errors import (
     BadRequestError,
-    ConfigError,
     ContextLengthExceededError,
-    MalformedResponseError,
     NotFoundError,
     ProviderError,
     ProviderTimeoutError,
     StreamInterruptedError,
     UnavailableError,
-    error_for_status,
 )
-from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_ndjson_lines
+from tollway.providers.wire import (
+    EXCERPT_CHARS,
+    PARSE_ERRORS,
+    HttpProvider,
+    checked_endpoint,
+    configured_key,
+    malformed,
+    status_error,
+)
 from tollway.types import (
     ImagePart,
     Message,
@@ -64,7 +68,6 @@ if TYPE_CHECKING:
 
 __all__ = ["OllamaProvider"]
 
-_EXCERPT_CHARS = 200
 _REQUEST_ID_HEADER = "x-request-id"
 # Ollama's done_reason in OpenAI's words. "load" and "unload" (a chat with no messages loads
 # or unloads the model) end an answer with nothing in it, which is a plain stop.
@@ -88,39 +91,24 @@ _BAD_REQUEST_PHRASES = (
     "does not support", "invalid", "is required", "unsupported", "unknown", "cannot unmarshal",
     "illegal base64", "template",
 )  # fmt: skip
-# What a body that is not the expected JSON cannot be parsed into: caught once, reported as
-# malformed.
-_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
-class OllamaProvider:
+class OllamaProvider(HttpProvider):
     """An Ollama server: ``ollama serve`` on this machine, another host, or a hosted Ollama."""
 
+    settings: OllamaSettings
+
     def __init__(self, settings: OllamaSettings, context: ProviderContext) -> None:
-        self.name = context.name
-        self.settings = settings
-        self._http = context.http
+        super().__init__(settings, context)
         self._base = normalise_host(settings.base_url or default_base_url())
-        try:
-            self._endpoint = endpoint_key(self._base)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.base_url") from None
+        self._endpoint = checked_endpoint(self._base, self.name, "base_url")
         self._chat_url = URL(self._base + "/api/chat", encoded=True)
         self._tags_url = URL(self._base + "/api/tags", encoded=True)
         self._root_url = URL(self._base + "/", encoded=True)
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout, sock_connect=settings.connect_timeout
-        )
-        # The pool's handle on this endpoint, taken on first use: it records health and
-        # hands out the current session, which the pool may rebuild after transport failures.
-        self._handle: Endpoint | None = None
         # Built on the first call, so a key set in the environment after start-up is seen.
         self._headers: dict[str, str] | None = None
         self._keep_alive = _keep_alive(settings.keep_alive)
         self._options = dict(settings.options)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, url={self._base!r})"
 
     # -- the Provider protocol -------------------------------------------------------------
 
@@ -128,7 +116,14 @@ class OllamaProvider:
         model = request.model_name
         data = json.dumps(self._payload(request, model, False)).encode()
         started = time.perf_counter()
-        body, headers = await self._send("POST", self._chat_url, data, request.timeout, model)
+        body, headers = await self._send(
+            "POST",
+            self._chat_url,
+            data,
+            request.timeout,
+            self._headers or self._resolve_headers(),
+            model=model,
+        )
         try:
             parsed = json.loads(body)
             message = parsed["message"]
@@ -148,7 +143,7 @@ class OllamaProvider:
                 headers.get(_REQUEST_ID_HEADER),
                 time.perf_counter() - started,
             )
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
         return response
 
@@ -175,7 +170,7 @@ class OllamaProvider:
         try:
             if response.status >= 400:
                 body = await response.read()
-                raise self._status_error(response.status, body, response.headers, model)
+                raise self._status_error(response.status, body, response.headers, model=model)
             full_model = f"{self.name}/{model}"
             calls_seen = 0
             async for line in iter_ndjson_lines(response):
@@ -215,7 +210,7 @@ class OllamaProvider:
                     else:
                         # A thinking model's reasoning, which a Response has no place for.
                         continue
-                except _PARSE_ERRORS as exc:
+                except PARSE_ERRORS as exc:
                     raise self._unparseable(line, exc) from None
                 started = True
                 yield chunk
@@ -227,14 +222,9 @@ class OllamaProvider:
                     request_id=request_id,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.stats.failures += 1
-            if started and not done and not isinstance(exc, TimeoutError):
-                raise StreamInterruptedError(
-                    f"{self.name}'s stream was cut off: {type(exc).__name__}: {exc}",
-                    provider=self.name,
-                    request_id=request_id,
-                ) from exc
-            raise self._transport_error(exc, request.timeout) from exc
+            raise self._stream_broken(
+                handle, exc, started and not done, request_id, request.timeout
+            ) from exc
         except ProviderError as exc:
             self._count(exc)
             raise
@@ -248,12 +238,14 @@ class OllamaProvider:
                 response.close()
 
     async def list_models(self) -> list[ModelInfo]:
-        body, _ = await self._send("GET", self._tags_url, None, None, None)
+        body, _ = await self._send(
+            "GET", self._tags_url, None, None, self._headers or self._resolve_headers()
+        )
         try:
             items = json.loads(body)["models"]
             name = self.name
             return [ModelInfo(item.get("name") or item["model"], name) for item in items]
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
 
     async def ping(self) -> bool:
@@ -272,21 +264,11 @@ class OllamaProvider:
         handle.ok(sent)
         return status == 200 and b"Ollama is running" in body
 
-    async def aclose(self) -> None:
-        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
-        self._handle = None
-
     # -- HTTP ------------------------------------------------------------------------------
-
-    def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
-        return handle
 
     def _resolve_headers(self) -> dict[str, str]:
         settings = self.settings
-        key = settings.api_key.get() if settings.api_key is not None else None
-        if not key and settings.api_key_env:
-            key = os.environ.get(settings.api_key_env) or None
+        key = configured_key(settings)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             # A local Ollama needs no key, so none is sent unless one is configured.
@@ -294,33 +276,6 @@ class OllamaProvider:
         headers.update(settings.headers)
         self._headers = headers
         return headers
-
-    def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        if seconds is None:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.settings.connect_timeout)
-
-    async def _send(
-        self, method: str, url: URL, data: bytes | None, seconds: float | None, model: str | None
-    ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        """The body and headers of a 2xx answer; every failure raised as a tollway error."""
-        headers = self._headers or self._resolve_headers()
-        handle = self._handle or self._take_handle()
-        sent = time.monotonic()
-        try:
-            async with handle.session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.failed(sent, exc)
-            raise self._transport_error(exc, seconds) from exc
-        handle.ok(sent)
-        if status >= 400:
-            raise self._count(self._status_error(status, body, response_headers, model))
-        return body, response_headers
 
     # -- building and reading --------------------------------------------------------------
 
@@ -433,14 +388,13 @@ class OllamaProvider:
             )
         return arguments
 
-    def _count(self, error: ProviderError) -> ProviderError:
-        """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
-            self._handle.stats.failures += 1
-        return error
-
     def _status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str], model: str | None
+        self,
+        status: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        *,
+        model: str | None = None,
     ) -> ProviderError:
         message: str | None = None
         try:
@@ -449,17 +403,11 @@ class OllamaProvider:
                 message = error
             elif isinstance(error, dict):
                 message = error.get("message")
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             pass
         page = not message
-        if page:
-            message = _excerpt(body) or None
-        exc = error_for_status(
-            status,
-            provider=self.name,
-            provider_message=message,
-            request_id=headers.get(_REQUEST_ID_HEADER),
-            headers=headers,
+        exc = status_error(
+            self.name, status, body, headers, message, request_id=headers.get(_REQUEST_ID_HEADER)
         )
         if status == 404:
             if page:
@@ -474,7 +422,7 @@ class OllamaProvider:
 
     def _embedded_error(self, error: Any, request_id: str | None) -> ProviderError:
         """An ``{"error": ...}`` line in a stream (or a 200 body), which has no HTTP status."""
-        text = error if isinstance(error, str) else json.dumps(error)[:_EXCERPT_CHARS]
+        text = error if isinstance(error, str) else json.dumps(error)[:EXCERPT_CHARS]
         lowered = text.lower()
         cls: type[ProviderError]
         if any(p in lowered for p in _NOT_FOUND_PHRASES):
@@ -499,40 +447,29 @@ class OllamaProvider:
             parsed = None
         if isinstance(parsed, dict) and "error" in parsed:
             return self._embedded_error(parsed["error"], None)
-        return MalformedResponseError(
-            f"{self.name} sent an answer that is not an Ollama chat response "
-            f"({type(cause).__name__}: {cause}): {_excerpt(body)!r}",
-            provider=self.name,
-            provider_message=_excerpt(body),
-        )
+        return malformed(self.name, "an Ollama chat response", body, cause)
 
-    def _transport_error(self, exc: BaseException, timeout: float | None) -> ProviderError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return ProviderTimeoutError(
-                f"could not connect to {self.name} at {self._base} within "
-                f"{self.settings.connect_timeout:g}s",
-                provider=self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            seconds = timeout if timeout is not None else self.settings.timeout
-            return ProviderTimeoutError(
-                f"{self.name} did not answer within {seconds:g}s (a model being loaded into "
-                "memory can take a while: raise timeout for the first call)",
-                provider=self.name,
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UnavailableError(
-                f"Ollama does not seem to be running at {self._base} ({exc.os_error}); start "
-                "it with `ollama serve` (or open the Ollama app), or point base_url (or "
-                "OLLAMA_HOST) at where it runs",
-                provider=self.name,
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UnavailableError(f"{self.name}'s answer was cut off: {exc}", provider=self.name)
-        return UnavailableError(
-            f"could not reach {self.name} at {self._base}: {type(exc).__name__}: {exc}",
-            provider=self.name,
-        )
+    def _transport_error(
+        self, exc: BaseException, timeout: float | None, endpoint: str | None = None
+    ) -> ProviderError:
+        # Ollama's own advice for a slow first answer and for a server that is not running;
+        # the rest as every provider words it, naming the URL as configured.
+        if not isinstance(exc, aiohttp.ConnectionTimeoutError):
+            if isinstance(exc, TimeoutError):
+                seconds = timeout if timeout is not None else self.settings.timeout
+                return ProviderTimeoutError(
+                    f"{self.name} did not answer within {seconds:g}s (a model being loaded into "
+                    "memory can take a while: raise timeout for the first call)",
+                    provider=self.name,
+                )
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                return UnavailableError(
+                    f"Ollama does not seem to be running at {self._base} ({exc.os_error}); start "
+                    "it with `ollama serve` (or open the Ollama app), or point base_url (or "
+                    "OLLAMA_HOST) at where it runs",
+                    provider=self.name,
+                )
+        return super()._transport_error(exc, timeout, self._base)
 
 
 def _keep_alive(value: str | None) -> str | float | None:
@@ -606,8 +543,3 @@ def _arguments_text(function: Mapping[str, Any]) -> str:
 def _add_hint(error: ProviderError, hint: str) -> None:
     error.message = f"{error.message}; {hint}"
     error.args = (error.message,)
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
-    return text[:_EXCERPT_CHARS]

@@ -18,20 +18,27 @@ import aiohttp
 from yarl import URL
 
 from tollway.errors import (
-    AuthenticationError,
     BadRequestError,
     ConfigError,
     ContextLengthExceededError,
     MalformedResponseError,
     ProviderError,
-    ProviderTimeoutError,
     RateLimitedError,
     StreamInterruptedError,
     UnavailableError,
-    error_for_status,
 )
-from tollway.providers.http import Endpoint, endpoint_key
 from tollway.providers.sse import iter_sse
+from tollway.providers.wire import (
+    EXCERPT_CHARS,
+    PARSE_ERRORS,
+    HttpProvider,
+    checked_endpoint,
+    configured_key,
+    malformed,
+    no_api_key,
+    status_error,
+)
+from tollway.providers.wire import decode as _decode
 from tollway.types import (
     ImagePart,
     Message,
@@ -53,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AzureOpenAIProvider", "OpenAIProvider"]
 
-_EXCERPT_CHARS = 200
 _NO_USAGE = Usage()
 # Reasoning models reject ``max_tokens``; anything named like one gets ``max_completion_tokens``.
 _REASONING_PREFIXES = ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9", "gpt-5")
@@ -62,29 +68,18 @@ _TOOL_CHOICE_KEYWORDS = frozenset(("auto", "none", "required"))
 # went wrong.
 _RATE_LIMIT_KINDS = frozenset(("rate_limit_exceeded", "requests", "tokens", "429"))
 _SERVER_KINDS = frozenset(("server_error", "api_error", "internal_error", "500", "503"))
-# What reading an unexpected body raises; each is reported as a MalformedResponseError.
-_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """An OpenAI endpoint: api.openai.com, or any server with the same API at ``base_url``."""
 
+    settings: OpenAISettings | AzureSettings
+
     def __init__(self, settings: OpenAISettings | AzureSettings, context: ProviderContext) -> None:
-        self.name = context.name
-        self.settings = settings
-        self._http = context.http
+        super().__init__(settings, context)
         self._base = self._base_url().rstrip("/")
-        try:
-            self._endpoint = endpoint_key(self._base)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=f"providers.{self.name}.{self._url_key}") from None
+        self._endpoint = checked_endpoint(self._base, self.name, self._url_key)
         self._official = urlsplit(self._base).hostname == "api.openai.com"
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout, sock_connect=settings.connect_timeout
-        )
-        # The pool's handle on this endpoint, taken on first use: it records health and
-        # hands out the current session, which the pool may rebuild after transport failures.
-        self._handle: Endpoint | None = None
         # Built on the first call, so a provider that is configured but never used needs no key.
         self._headers: dict[str, str] | None = None
         self._max_tokens_param = settings.max_tokens_param
@@ -92,9 +87,6 @@ class OpenAIProvider:
         self._completions_url = URL(self._base + "/chat/completions", encoded=True)
 
     _url_key = "base_url"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, url={self._base!r})"
 
     # -- what differs between OpenAI and Azure ---------------------------------------------
 
@@ -186,7 +178,7 @@ class OpenAIProvider:
                 time.perf_counter() - started,
                 _rate_limit(response_headers),
             )
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
         return response
 
@@ -233,7 +225,7 @@ class OpenAIProvider:
                     chunk = self._chunk(obj, name) if event != "error" else None
                     if chunk is None and (event == "error" or "error" in obj):
                         raise self._embedded_error(obj.get("error", obj))
-                except _PARSE_ERRORS as exc:
+                except PARSE_ERRORS as exc:
                     raise self._unparseable(text.encode(), exc) from None
                 if chunk is not None:
                     started = True
@@ -245,14 +237,9 @@ class OpenAIProvider:
                     request_id=response.headers.get("x-request-id"),
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.stats.failures += 1
-            if started and not isinstance(exc, TimeoutError):
-                raise StreamInterruptedError(
-                    f"{self.name}'s stream was cut off: {type(exc).__name__}: {exc}",
-                    provider=self.name,
-                    request_id=response.headers.get("x-request-id"),
-                ) from exc
-            raise self._transport_error(exc, request.timeout) from exc
+            raise self._stream_broken(
+                handle, exc, started, response.headers.get("x-request-id"), request.timeout
+            ) from exc
         except ProviderError as exc:
             self._count(exc)
             raise
@@ -262,7 +249,7 @@ class OpenAIProvider:
                 MalformedResponseError(
                     f"{self.name} sent an event stream that is not UTF-8: {exc}",
                     provider=self.name,
-                    provider_message=repr(exc.object[: _EXCERPT_CHARS // 4]),
+                    provider_message=repr(exc.object[: EXCERPT_CHARS // 4]),
                 )
             ) from None
         finally:
@@ -275,71 +262,30 @@ class OpenAIProvider:
                 response.close()
 
     async def list_models(self) -> list[ModelInfo]:
-        body, _ = await self._send("GET", self._models_url(), None, None)
+        body, _ = await self._send(
+            "GET", self._models_url(), None, None, self._headers or self._resolve_headers()
+        )
         try:
             items = json.loads(body)["data"]
             return [
                 ModelInfo(item["id"], self.name, owned_by=item.get("owned_by")) for item in items
             ]
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             raise self._count(self._unparseable(body, exc)) from None
-
-    async def aclose(self) -> None:
-        # The sessions belong to the pipeline's pool, which closes them; only forget it here.
-        self._handle = None
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _take_handle(self) -> Endpoint:
-        handle = self._handle = self._http.endpoint(self._base, limit=self.settings.max_connections)
-        return handle
-
     def _resolve_headers(self) -> dict[str, str]:
         settings = self.settings
-        key = settings.api_key.get() if settings.api_key is not None else None
-        if not key and settings.api_key_env:
-            key = os.environ.get(settings.api_key_env) or None
+        key = configured_key(settings)
         custom = {k.lower() for k in settings.headers}
         if not key and self._key_required() and not custom & {"authorization", "api-key"}:
-            env = settings.api_key_env
-            how = f"the {env} environment variable, or " if env else ""
-            raise AuthenticationError(
-                f"no API key for provider {self.name!r}: set {how}api_key (or api_key_env) "
-                f"in [providers.{self.name}]",
-                provider=self.name,
-            )
+            raise no_api_key(self.name, settings.api_key_env)
         headers = {"Content-Type": "application/json"}
         headers.update(self._auth_headers(key))
         headers.update(settings.headers)
         self._headers = headers
         return headers
-
-    def _timeout_for(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        if seconds is None:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.settings.connect_timeout)
-
-    async def _send(
-        self, method: str, url: URL, data: bytes | None, seconds: float | None
-    ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        """The body and headers of a 2xx answer; every failure raised as a tollway error."""
-        headers = self._headers or self._resolve_headers()
-        handle = self._handle or self._take_handle()
-        sent = time.monotonic()
-        try:
-            async with handle.session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout_for(seconds)
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            handle.failed(sent, exc)
-            raise self._transport_error(exc, seconds) from exc
-        handle.ok(sent)
-        if status >= 400:
-            raise self._count(self._status_error(status, body, response_headers))
-        return body, response_headers
 
     # -- building and reading --------------------------------------------------------------
 
@@ -409,14 +355,13 @@ class OpenAIProvider:
             f"{name}/{model}" if model else None,
         )
 
-    def _count(self, error: ProviderError) -> ProviderError:
-        """Count an error against the endpoint when it is the endpoint's fault, not the call's."""
-        if (error.retryable or isinstance(error, MalformedResponseError)) and self._handle:
-            self._handle.stats.failures += 1
-        return error
-
     def _status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str]
+        self,
+        status: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        *,
+        model: str | None = None,
     ) -> ProviderError:
         message: str | None = None
         code: Any = None
@@ -427,17 +372,16 @@ class OpenAIProvider:
                 code = error.get("code") or error.get("type")
             elif isinstance(error, str):
                 message = error
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             pass
-        if not message:
-            message = _excerpt(body) or None
-        return error_for_status(
+        return status_error(
+            self.name,
             status,
-            provider=self.name,
-            provider_message=str(message) if message is not None else None,
+            body,
+            headers,
+            message,
             request_id=headers.get("x-request-id") or headers.get("apim-request-id"),
             code=str(code) if code is not None else None,
-            headers=headers,
         )
 
     def _embedded_error(self, error: Any) -> ProviderError:
@@ -460,7 +404,7 @@ class OpenAIProvider:
             cls = BadRequestError
         else:
             cls = ProviderError
-        text = str(message) if message else json.dumps(error)[:_EXCERPT_CHARS]
+        text = str(message) if message else json.dumps(error)[:EXCERPT_CHARS]
         return cls(
             f"{self.name} sent an error in place of an answer: {text}",
             provider=self.name,
@@ -476,31 +420,7 @@ class OpenAIProvider:
         if isinstance(parsed, dict) and "error" in parsed:
             # Some OpenAI-compatible servers send their errors with status 200.
             return self._embedded_error(parsed["error"])
-        return MalformedResponseError(
-            f"{self.name} sent an answer that is not an OpenAI chat completion "
-            f"({type(cause).__name__}: {cause}): {_excerpt(body)!r}",
-            provider=self.name,
-            provider_message=_excerpt(body),
-        )
-
-    def _transport_error(self, exc: BaseException, timeout: float | None) -> ProviderError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return ProviderTimeoutError(
-                f"could not connect to {self.name} at {self._endpoint} within "
-                f"{self.settings.connect_timeout:g}s",
-                provider=self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            seconds = timeout if timeout is not None else self.settings.timeout
-            return ProviderTimeoutError(
-                f"{self.name} did not answer within {seconds:g}s", provider=self.name
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UnavailableError(f"{self.name}'s answer was cut off: {exc}", provider=self.name)
-        return UnavailableError(
-            f"could not reach {self.name} at {self._endpoint}: {type(exc).__name__}: {exc}",
-            provider=self.name,
-        )
+        return malformed(self.name, "an OpenAI chat completion", body, cause)
 
 
 class AzureOpenAIProvider(OpenAIProvider):
@@ -623,27 +543,3 @@ def _usage(usage: Mapping[str, Any] | None) -> Usage:
         0,
         (completion.get("reasoning_tokens") or 0) if completion else 0,
     )
-
-
-_raw_decode = json.JSONDecoder().raw_decode
-
-
-def _decode(text: str) -> Any:
-    """``json.loads``, about twice as fast on what APIs send.
-
-    ``json.loads`` spends much of its time matching whitespace around the document; an API's
-    bodies and SSE data lines have none, so ``raw_decode`` is tried first and ``json.loads``
-    decides only the unusual cases (surrounding whitespace, or text that is not JSON at all).
-    """
-    try:
-        value, end = _raw_decode(text)
-    except ValueError:
-        return json.loads(text)
-    if end != len(text):
-        return json.loads(text)
-    return value
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
-    return text[:_EXCERPT_CHARS]
