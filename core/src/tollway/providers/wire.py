@@ -152,6 +152,16 @@ class HttpProvider:
             self._handle.stats.failures += 1
         return error
 
+    def _not_utf8(self, exc: UnicodeDecodeError) -> ProviderError:
+        """An event stream whose bytes are not UTF-8: a malformed reply, counted as such."""
+        return self._count(
+            MalformedResponseError(
+                f"{self.name} sent an event stream that is not UTF-8: {exc}",
+                provider=self.name,
+                provider_message=repr(exc.object[: EXCERPT_CHARS // 4]),
+            )
+        )
+
     def _transport_error(
         self, exc: BaseException, timeout: float | None, endpoint: str | None = None
     ) -> ProviderError:

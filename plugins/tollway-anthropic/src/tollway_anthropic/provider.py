@@ -316,6 +316,9 @@ class AnthropicProvider(HttpProvider):
         except ProviderError as exc:
             self._count(exc)
             raise
+        except UnicodeDecodeError as exc:
+            # iter_sse decodes each data line; a server sending something else is malformed.
+            raise self._not_utf8(exc) from None
         finally:
             if done:
                 response.release()

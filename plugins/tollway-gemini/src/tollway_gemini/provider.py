@@ -287,6 +287,9 @@ class GeminiProvider(HttpProvider):
         except ProviderError as exc:
             self._count(exc)
             raise
+        except UnicodeDecodeError as exc:
+            # iter_sse decodes each data line; a server sending something else is malformed.
+            raise self._not_utf8(exc) from None
         finally:
             if done:
                 # The body is finished, so the connection can go back to the pool.

@@ -21,7 +21,6 @@ from tollway.errors import (
     BadRequestError,
     ConfigError,
     ContextLengthExceededError,
-    MalformedResponseError,
     ProviderError,
     RateLimitedError,
     StreamInterruptedError,
@@ -245,13 +244,7 @@ class OpenAIProvider(HttpProvider):
             raise
         except UnicodeDecodeError as exc:
             # iter_sse decodes each data line; a server sending something else is malformed.
-            raise self._count(
-                MalformedResponseError(
-                    f"{self.name} sent an event stream that is not UTF-8: {exc}",
-                    provider=self.name,
-                    provider_message=repr(exc.object[: EXCERPT_CHARS // 4]),
-                )
-            ) from None
+            raise self._not_utf8(exc) from None
         finally:
             if done:
                 # The body is finished, so the connection can go back to the pool.
