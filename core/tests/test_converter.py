@@ -125,3 +125,16 @@ def test_tool_choice_union() -> None:
     assert converter.structure({**base, "tool_choice": table}, Request).tool_choice == table
     [(path, _message)] = errors_of({**base, "tool_choice": 3}, Request)
     assert path == "tool_choice"
+
+
+def test_a_bad_decimal_says_what_a_number_looks_like() -> None:
+    from decimal import Decimal
+
+    import pytest
+
+    from tollway.converter import converter
+
+    with pytest.raises(ValueError, match=r'expected a number such as "0.15", got \'cheap\''):
+        converter.structure("cheap", Decimal)
+    assert converter.structure("0.15", Decimal) == Decimal("0.15")
+    assert converter.structure(0.1, Decimal) == Decimal("0.1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import attrs
@@ -52,10 +52,15 @@ def _structure_secret(value: Any, _type: Any) -> Secret:
 
 
 def _structure_decimal(value: Any, _type: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f'expected a number such as "0.15", got {value!r}')
     if isinstance(value, float):
         # Through str, so 0.1 stays 0.1 rather than becoming its binary neighbour.
         return Decimal(repr(value))
-    return Decimal(value)
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(f'expected a number such as "0.15", got {value!r}') from None
 
 
 def _structure_str_list(value: Any, _type: Any) -> list[str]:

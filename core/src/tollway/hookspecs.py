@@ -39,9 +39,12 @@ def tollway_register_providers(register: Callable[..., None]) -> None:
 def tollway_register_pricing(register: Callable[..., None]) -> None:
     """Offer price sources.
 
-    Call ``register(name, factory)``; ``factory(options)`` returns an object whose
-    ``rates(provider, model)`` gives per-token prices for a model (or ``None`` when it does not
-    know the model). Rates are looked up once per model and kept, so the request path does
+    Call ``register(name, factory)``; ``factory(options)`` gets the source's
+    ``[pricing.source_options.NAME]`` table and returns an object whose
+    ``rates(provider, model)`` gives a :class:`tollway.pricing.rates.ModelRates` (or ``None``
+    when it does not know the model), and optionally ``reload()``, called by
+    ``pricer.reload()``. ``[pricing] sources`` orders them; ``[pricing.models]`` overrides
+    them all. Rates are looked up once per model and kept, so the request path does
     arithmetic only.
     """
 

@@ -74,6 +74,10 @@ def build_stages(
         section = getattr(context.config, attribute)
         if not _section_enabled(context.config, kind, section):
             continue
+        if kind == "cost":
+            # Prices depend on which type each provider instance is, not only on [pricing].
+            types = {name: s.type for name, s in context.config.providers.items()}
+            section = (section, context.config.usage.enabled, context.config.budgets.enabled, types)
         old = (previous or {}).get(kind)
         if old is not None and old[0] == section:
             built[kind] = old
