@@ -243,6 +243,9 @@ class StreamChunk:
     model: str | None = None
     # Set on the chunk that carries usage, once the cost stage has priced it.
     cost: Cost | None = None
+    # A chunk replayed from tollway's cache, and (on the usage chunk) what the hit saved.
+    cached: bool = False
+    saved: Decimal = _ZERO
 
 
 @attrs.frozen(slots=True)
