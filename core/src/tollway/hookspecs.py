@@ -77,6 +77,10 @@ def tollway_register_exporters(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory)``; ``factory(options)`` returns an object with async
     ``export(events)`` and ``aclose()``. Exporters receive batches, off the request path.
+
+    A registration named ``report-FORMAT`` is a report renderer rather than an event
+    exporter: its ``factory(options)`` returns an object with ``media_type``, ``suffix`` and
+    ``render(report) -> bytes``, used by ``tollway report --format FORMAT``.
     """
 
 
