@@ -1,7 +1,8 @@
 """tollway-redis: state shared by every process through one Redis server.
 
-Registers a cache backend, a rate limiter and a coalescer, each named ``redis``. Nothing here
-imports redis-py: each factory imports its module when a pipeline first uses it.
+Registers a cache backend, a rate limiter, a coalescer and budget counters, each named
+``redis``. Nothing here imports redis-py: each factory imports its module when a pipeline first
+uses it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def _coalescer(config: Any, metrics: Any) -> Any:
     return RedisCoalescer.from_config(config, metrics)
 
 
+def _budget_counters(config: Any, metrics: Any) -> Any:
+    from tollway_redis.budgets import RedisBudgetCounters
+
+    return RedisBudgetCounters.from_config(config, metrics)
+
+
 @hookimpl
 def tollway_register_cache_backends(register: Callable[..., None]) -> None:
     register("redis", _cache, description="Answers cached in Redis, shared by every process.")
@@ -44,4 +51,13 @@ def tollway_register_rate_limiters(register: Callable[..., None]) -> None:
 def tollway_register_coalescers(register: Callable[..., None]) -> None:
     register(
         "redis", _coalescer, description="Identical in-flight calls coalesced across processes."
+    )
+
+
+@hookimpl
+def tollway_register_budget_counters(register: Callable[..., None]) -> None:
+    register(
+        "redis",
+        _budget_counters,
+        description="Budget counters in Redis: atomic Lua reserve/settle across processes.",
     )
