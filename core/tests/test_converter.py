@@ -138,3 +138,14 @@ def test_a_bad_decimal_says_what_a_number_looks_like() -> None:
         converter.structure("cheap", Decimal)
     assert converter.structure("0.15", Decimal) == Decimal("0.15")
     assert converter.structure(0.1, Decimal) == Decimal("0.1")
+
+
+def test_a_string_is_not_a_bool() -> None:
+    import pytest
+
+    from tollway.converter import converter
+
+    assert converter.structure(True, bool) is True
+    assert converter.structure(0, bool) is False
+    with pytest.raises(TypeError, match="expected true or false, got 'yes please'"):
+        converter.structure("yes please", bool)

@@ -75,8 +75,18 @@ def _structure_str_list(value: Any, _type: Any) -> list[str]:
     return out
 
 
+def _structure_bool(value: Any, _type: Any) -> bool:
+    # cattrs would call bool() on anything: "no" and "yes please" would both be True.
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise TypeError(f"expected true or false, got {value!r}")
+
+
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
     converter.register_structure_hook(str | tuple[ContentPart, ...], _structure_content)
     converter.register_structure_hook(str | Mapping[str, Any] | None, _structure_tool_choice)

@@ -93,3 +93,14 @@ def tollway_register_usage_stores(register: Callable[..., None]) -> None:
 @hookimpl
 def tollway_register_budget_counters(register: Callable[..., None]) -> None:
     register("local", _local_budget_counters, description="Budget counters in this process.")
+
+
+def _jsonl_exporter(options: Any) -> Any:
+    from tollway.exporters.jsonl import JsonlExporter
+
+    return JsonlExporter.from_options(options or {})
+
+
+@hookimpl
+def tollway_register_exporters(register: Callable[..., None]) -> None:
+    register("jsonl", _jsonl_exporter, description="Events appended to a JSON Lines file.")

@@ -524,6 +524,12 @@ class Pipeline:
         found = self._state.builtin.get("cache")
         return found[1] if found is not None else None  # type: ignore[return-value]
 
+    @property
+    def budgets(self) -> Any:
+        """The budget stage (``status()``, ``trip()``, ``reset()``); None when budgets are off."""
+        found = self._state.builtin.get("budget")
+        return found[1] if found is not None else None
+
     def health(self) -> dict[str, dict[str, Any]]:
         """Per endpoint: open, in-use and idle connections, requests, failures, latency."""
         return self.http.endpoints()

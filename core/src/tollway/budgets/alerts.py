@@ -108,7 +108,16 @@ class AlertSink:
         """Build the exporters ``[budgets] exporters`` names; a name not registered is an error."""
         from tollway.errors import ConfigError
 
-        registered = plugins.registrations("exporters") if names else {}
+        # report-FORMAT registrations render reports; they are not event exporters.
+        registered = (
+            {
+                name: registration
+                for name, registration in plugins.registrations("exporters").items()
+                if not name.startswith("report-")
+            }
+            if names
+            else {}
+        )
         exporters: dict[str, Any] = {}
         for index, name in enumerate(names):
             registration = registered.get(name)
