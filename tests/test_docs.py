@@ -43,3 +43,47 @@ def test_docs_name_no_hook_that_does_not_exist() -> None:
     named = set(re.findall(r"\btollway_[a-z_]+\b", HOOKS_DOC.read_text()))
     named -= {"tollway_myplugin", "tollway_hello"}
     assert named <= set(_hook_names()), named - set(_hook_names())
+
+
+_CONFIG_KEYS = {
+    "providers",
+    "cache",
+    "retry",
+    "pricing",
+    "usage",
+    "budgets",
+    "rate_limits",
+    "single_flight",
+    "circuit_breaker",
+    "fallbacks",
+    "default_model",
+    "aliases",
+    "logging",
+}
+
+
+def _toml_blocks() -> list[tuple[str, int, str]]:
+    """The TOML examples of README and docs that are tollway configs (not a pyproject)."""
+    import tomllib
+
+    blocks = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = path.read_text()
+        for match in re.finditer(r"```toml\n(.*?)```", text, flags=re.S):
+            if set(tomllib.loads(match.group(1))) & _CONFIG_KEYS:
+                line = text[: match.start()].count("\n") + 1
+                blocks.append((str(path.relative_to(ROOT)), line, match.group(1)))
+    return blocks
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "block"), _toml_blocks(), ids=[f"{p}:{n}" for p, n, _ in _toml_blocks()]
+)
+def test_config_examples_in_the_docs_load(path: str, line: int, block: str) -> None:
+    """Every TOML example a reader may copy is a config tollway accepts."""
+    import tomllib
+
+    from tollway.config import load_config
+    from tollway.plugins import build_plugin_manager
+
+    load_config(data=tomllib.loads(block), plugins=build_plugin_manager(), environ={})
