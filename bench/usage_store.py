@@ -51,7 +51,10 @@ def make_records(count: int, seed: int, users: int, span: dt.timedelta) -> list[
                 provider=model.partition("/")[0],
                 model=model,
                 usage=Usage(rng.randrange(50, 4000), rng.randrange(10, 800)),
-                cost=Cost(Decimal(rng.randrange(1, 10**7)) / 10**9, Decimal(rng.randrange(1, 10**7)) / 10**9),
+                cost=Cost(
+                    Decimal(rng.randrange(1, 10**7)) / 10**9,
+                    Decimal(rng.randrange(1, 10**7)) / 10**9,
+                ),
                 user=f"user-{user}",
                 team=f"team-{user % 8}",
                 api_key_id=f"key-{user}",
@@ -75,7 +78,9 @@ async def ingest(store: Any, records: list[UsageRecord], batch_size: int) -> flo
     submitted = time.perf_counter()
     await writer.aclose()
     elapsed = time.perf_counter() - started
-    print(f"  submit: {(submitted - started) / len(records) * 1e6:.2f} us/record on the request path")
+    print(
+        f"  submit: {(submitted - started) / len(records) * 1e6:.2f} us/record on the request path"
+    )
     return len(records) / elapsed
 
 
@@ -91,19 +96,32 @@ async def timed_query(store: Any, query: UsageQuery, repeat: int = 15) -> tuple[
 
 async def bench(store: Any, name: str, rows: int, users: int, with_raw: bool) -> None:
     print(f"\n== {name}")
-    sample = make_records(100_000, seed=1, users=users, span=MONTH)
-    rate = await ingest(store, sample, batch_size=1000)
-    print(f"  ingest through the writer (batches of 1000): {rate:,.0f} records/s  (target >= 20,000)")
+    # Live traffic arrives in time order: the ingest sample is, the bulk load is not.
+    sample = sorted(
+        make_records(100_000, seed=1, users=users, span=MONTH), key=lambda r: r.timestamp
+    )
+    for batch_size in (1000, 5000):
+        part = sample[: len(sample) // 2] if batch_size == 1000 else sample[len(sample) // 2 :]
+        rate = await ingest(store, part, batch_size=batch_size)
+        print(
+            f"  ingest through the writer (batch_size {batch_size}): {rate:,.0f} records/s"
+            "  (target >= 20,000)"
+        )
 
     remaining = rows - len(sample)
     started = time.perf_counter()
     chunk = 50_000
     for offset in range(0, remaining, chunk):
-        batch = make_records(min(chunk, remaining - offset), seed=2 + offset, users=users, span=MONTH)
+        batch = make_records(
+            min(chunk, remaining - offset), seed=2 + offset, users=users, span=MONTH
+        )
         await store.write(batch)
     elapsed = time.perf_counter() - started
     if remaining > 0:
-        print(f"  bulk load of {remaining:,} more rows (store.write, 50k batches): {remaining / elapsed:,.0f} records/s")
+        print(
+            f"  bulk load of {remaining:,} more rows (store.write, 50k batches): "
+            f"{remaining / elapsed:,.0f} records/s"
+        )
 
     calendar = UsageQuery(since=START, until=START + MONTH, group_by=("user", "model"))
     rolling_until = START + dt.timedelta(days=30, hours=7, minutes=13)
@@ -113,7 +131,10 @@ async def bench(store: Any, name: str, rows: int, users: int, with_raw: bool) ->
     for label, query in (("calendar month", calendar), ("rolling 30 days", rolling),
                          ("team by day, month", daily)):  # fmt: skip
         ms, count = await timed_query(store, query)
-        print(f"  {label:<22} group_by={','.join(query.group_by):<10} {ms:7.2f} ms  ({count} rows; target <= 20 ms)")
+        print(
+            f"  {label:<22} group_by={','.join(query.group_by):<10} {ms:7.2f} ms"
+            f"  ({count} rows; target <= 20 ms)"
+        )
     if with_raw:
         store.use_rollups = False
         ms, count = await timed_query(store, calendar, repeat=3)
@@ -122,7 +143,9 @@ async def bench(store: Any, name: str, rows: int, users: int, with_raw: bool) ->
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--dir", type=Path, default=None)

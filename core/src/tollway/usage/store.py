@@ -131,3 +131,30 @@ class MemoryUsageStore:
 
     async def aclose(self) -> None:
         return None
+
+
+def open_store(config: Any, plugins: Any) -> Any:
+    """The usage store ``[usage] store`` names, built by its registered factory.
+
+    Raises ConfigError naming the installed stores when none has that name, or when the store
+    cannot start.
+    """
+    from tollway.errors import ConfigError
+
+    stores = plugins.registrations("usage_stores")
+    registration = stores.get(config.store)
+    if registration is None:
+        hint = (
+            ' (install it: pip install "tollway[postgres]")' if config.store == "postgres" else ""
+        )
+        raise ConfigError(
+            f"no usage store is called {config.store!r}{hint}; the installed ones are: "
+            f"{', '.join(sorted(stores)) or 'none'}",
+            key="usage.store",
+        )
+    try:
+        return registration.factory(config)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(
+            f"the {config.store} usage store cannot start: {exc}", key="usage"
+        ) from exc
