@@ -301,3 +301,11 @@ def test_a_string_where_a_list_of_models_belongs_names_the_key() -> None:
         load_config(data={"fallbacks": {"a/b": "openai/x"}}, plugins=PluginManager(), environ={})
     assert "fallbacks" in str(info.value)
     assert "expected a list of strings" in str(info.value)
+
+
+def test_directory_variables_are_not_settings() -> None:
+    from tollway.plugins import PluginManager
+
+    environ = {"TOLLWAY_DATA_DIR": "/tmp/x", "TOLLWAY_CACHE_DIR": "/tmp/y"}
+    config = load_config(data={}, plugins=PluginManager(), environ=environ)
+    assert config.default_model is None

@@ -46,6 +46,10 @@ _NOT_SETTINGS = frozenset(
         "TOLLWAY_DISABLE_PLUGIN_AUTOLOAD",
         "TOLLWAY_CONFIG",
         "TOLLWAY_CACHE_DIR",
+        "TOLLWAY_DATA_DIR",
+        # Test suites point these at their servers; they are not settings either.
+        "TOLLWAY_TEST_REDIS_URL",
+        "TOLLWAY_TEST_POSTGRES_DSN",
     )
 )
 

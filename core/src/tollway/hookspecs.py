@@ -88,9 +88,13 @@ def tollway_register_exporters(register: Callable[..., None]) -> None:
 def tollway_register_usage_stores(register: Callable[..., None]) -> None:
     """Offer usage stores.
 
-    Call ``register(name, factory)``; ``factory(options)`` returns an object with async
-    ``write(records)``, ``query(...)`` and ``aclose()``. The pipeline writes behind the request
-    in batches; a store never slows a call down.
+    Call ``register(name, factory)``; ``factory(config)`` gets the ``[usage]`` table
+    (:class:`tollway.usage.config.UsageConfig`) and returns a
+    :class:`tollway.usage.store.UsageStore`: async ``write(records)`` (idempotent on record
+    id), ``query(UsageQuery) -> list[UsageRow]``, ``records(UsageQuery)`` (an async iterator)
+    and ``aclose()``. ``tollway.usage.contract`` checks a store against the reference
+    aggregation. The pipeline writes behind the request in batches; a store never slows a
+    call down. ``[usage] store = NAME`` selects it.
     """
 
 

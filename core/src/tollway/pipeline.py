@@ -525,6 +525,12 @@ class Pipeline:
         return found[1] if found is not None else None  # type: ignore[return-value]
 
     @property
+    def usage(self) -> Any:
+        """The usage stage (``await pipe.usage.flush()``); None when usage is off."""
+        found = self._state.builtin.get("usage")
+        return found[1] if found is not None else None
+
+    @property
     def budgets(self) -> Any:
         """The budget stage (``status()``, ``trip()``, ``reset()``); None when budgets are off."""
         found = self._state.builtin.get("budget")
