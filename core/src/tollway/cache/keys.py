@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tollway.types import ImagePart, Message, Request, TextPart, Tool
@@ -33,7 +33,9 @@ def _number(value: float) -> int | float | str:
 
 def canonical(value: Any) -> Any:
     """A JSON-ready value in one canonical form: mappings sorted, numbers normalised."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if type(value) is str or type(value) is int or value is None:  # the usual: at once
+        return value
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float)):
         return _number(float(value)) if isinstance(value, float) else value
@@ -107,14 +109,89 @@ def request_fields(request: Request) -> dict[str, Any]:
     return fields
 
 
+def _make_encode() -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
+
+    The C encoder is built once rather than per call (what ``json.dumps`` does each time),
+    without the circular-reference check: canonical values are built fresh, so they are trees.
+    """
+    options = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False}
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the same output, the slower way
+        return json.JSONEncoder(**options).encode  # type: ignore[arg-type]
+    fallback = json.JSONEncoder(**options)  # type: ignore[arg-type]
+    encoder = make(
+        None,  # markers: no circular check
+        fallback.default,
+        json.encoder.encode_basestring,
+        None,  # indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _make_encode()
+
+
+def request_digest(request: Request) -> str:
+    """The SHA-256 (hex) of the canonical request: the last part of its key."""
+    return hashlib.sha256(_encode(request_fields(request)).encode()).hexdigest()
+
+
+def key_of(namespace: str, request: Request, digest: str) -> str:
+    """The key of ``request`` in ``namespace``, given its :func:`request_digest`."""
+    return f"{namespace}:{KEY_VERSION}:{request.model}:{digest}"
+
+
 def request_key(request: Request, namespace: str = "tollway") -> str:
     """``namespace:version:model:sha256`` of the canonical request.
 
     The model stays readable in the key so that a backend can invalidate one model's entries
     by prefix; the namespace comes first so that a whole namespace goes the same way.
     """
-    text = json.dumps(
-        request_fields(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{namespace}:{KEY_VERSION}:{request.model}:{digest}"
+    return f"{namespace}:{KEY_VERSION}:{request.model}:{request_digest(request)}"
+
+
+# -- handing a digest to the next stage --------------------------------------------------------
+#
+# The cache stage and the single-flight stage just inside it key the same request. The cache
+# stage hands its digest on right before it calls the next stage, and the single-flight stage
+# takes it (leaving the slot empty) as the first thing it does, so the canonical JSON and the
+# hash are made once per call. Both happen synchronously within one call (no await between
+# them), and the taker checks that the digest is for the very Request object it was given, so
+# a digest can never reach another call: when the slot holds anything else (another call's,
+# another thread's, or nothing) the taker computes the digest itself, as it would without the
+# hand-over.
+
+_handed: tuple[Request, str] | None = None
+
+
+def hand_on(request: Request, digest: str) -> None:
+    """Offer ``request``'s digest to the stage called next."""
+    global _handed
+    _handed = (request, digest)
+
+
+def clear_handed() -> None:
+    """Offer nothing to the stage called next (it keys the request itself)."""
+    global _handed
+    _handed = None
+
+
+def take_handed(request: Request) -> str | None:
+    """The digest the previous stage handed on for ``request``, or ``None`` when it handed
+    on none for it. Empties the slot either way."""
+    global _handed
+    handed = _handed
+    if handed is None:
+        return None
+    _handed = None
+    return handed[1] if handed[0] is request else None

@@ -1,6 +1,7 @@
 """The cache stage: the outermost built-in stage, answering repeated calls from a backend.
 
-A call's key is :func:`tollway.cache.keys.request_key`; what is stored is a
+A call's key is :func:`tollway.cache.keys.request_key` (its digest is handed on to the
+single-flight stage inside, which keys the same request); what is stored is a
 :class:`tollway.cache.backend.CacheEntry` (JSON, never pickle). ``complete`` and ``stream``
 share keys: a stored stream answers ``complete`` (assembled), and a stored answer replays as a
 stream (one chunk of text and tool calls, then one with the finish reason and usage).
@@ -30,7 +31,7 @@ from tollway.cache.backend import (
     decode_entry,
     encode_entry,
 )
-from tollway.cache.keys import request_key
+from tollway.cache.keys import clear_handed, hand_on, key_of, request_digest
 from tollway.errors import ConfigError, TollwayError
 from tollway.logging import get_logger
 from tollway.metrics import Metrics
@@ -139,6 +140,7 @@ class CacheStage(Stage):
         if controls:
             mode = controls.get("cache")
             if mode == "off":
+                clear_handed()
                 return await call_next(request)
             if mode is not None:
                 read = mode != "no-cache"
@@ -146,15 +148,19 @@ class CacheStage(Stage):
             if "cache_ttl" in controls:
                 ttl, store = _ttl_control(controls["cache_ttl"], ttl, store)
         try:
-            key = request_key(request, self.namespace)
+            digest = request_digest(request)
         except TypeError as exc:
             self._unkeyable(exc)
+            clear_handed()
             return await call_next(request)
+        key = key_of(self.namespace, request, digest)
         if read:
             entry = await self._lookup(key)
             if entry is not None:
                 self._hit(entry)
                 return entry.to_response(request.provider, request.model)
+        # The single-flight stage inside keys the same request: it gets the digest made here.
+        hand_on(request, digest)
         response = await call_next(request)
         if store and response.finish_reason not in _UNSTORABLE:
             await self._store(key, CacheEntry.of_response(response), ttl, request.tags)
@@ -167,6 +173,7 @@ class CacheStage(Stage):
         if controls:
             mode = controls.get("cache")
             if mode == "off":
+                clear_handed()
                 return call_next(request)
             if mode is not None:
                 read = mode != "no-cache"
@@ -174,21 +181,23 @@ class CacheStage(Stage):
             if "cache_ttl" in controls:
                 ttl, store = _ttl_control(controls["cache_ttl"], ttl, store)
         try:
-            key = request_key(request, self.namespace)
+            digest = request_digest(request)
         except TypeError as exc:
             self._unkeyable(exc)
+            clear_handed()
             return call_next(request)
-        return self._stream(request, call_next, key, read, store, ttl)
+        return self._stream(request, call_next, digest, read, store, ttl)
 
     async def _stream(
         self,
         request: Request,
         call_next: StreamFn,
-        key: str,
+        digest: str,
         read: bool,
         store: bool,
         ttl: float | None,
     ) -> AsyncIterator[StreamChunk]:
+        key = key_of(self.namespace, request, digest)
         if read:
             entry = await self._lookup(key)
             if entry is not None:
@@ -196,6 +205,7 @@ class CacheStage(Stage):
                 for chunk in entry.to_chunks():
                     yield chunk
                 return
+        hand_on(request, digest)
         iterator = call_next(request)
         chunks: list[StreamChunk] = []
         finish_reason: str | None = None

@@ -571,7 +571,8 @@ class RateLimitStage(Stage):
         if demands or window is not None:
             if window is not None and tokens < 0:
                 tokens = float(estimate_tokens(request, self._default_max_tokens))
-            await self._admit(request, demands, tokens, window)
+            if not self._admitted_now(demands, window):
+                await self._admit(request, demands, tokens, window)
         try:
             response = await call_next(request)
         except TollwayError as exc:
@@ -593,7 +594,8 @@ class RateLimitStage(Stage):
         if demands or window is not None:
             if window is not None and tokens < 0:
                 tokens = float(estimate_tokens(request, self._default_max_tokens))
-            await self._admit(request, demands, tokens, window)
+            if not self._admitted_now(demands, window):
+                await self._admit(request, demands, tokens, window)
         iterator = call_next(request)
         used = -1
         first = self._learn
@@ -710,6 +712,14 @@ class RateLimitStage(Stage):
         if window is not None:
             window.take(tokens)
         return 0.0, None
+
+    def _admitted_now(self, demands: list[Demand], window: _Window | None) -> bool:
+        """The fast path: a local limiter, nobody queued and nothing learned, so the buckets
+        are taken synchronously here, with no coroutine. False: go through :meth:`_admit`."""
+        take = self._take
+        if take is None or window is not None or self._waiting_keys:
+            return False
+        return take(demands)[1] < 0
 
     async def _admit(
         self, request: Request, demands: list[Demand], tokens: float, window: _Window | None

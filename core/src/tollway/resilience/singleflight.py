@@ -21,7 +21,7 @@ import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tollway.cache.keys import request_key
+from tollway.cache.keys import key_of, request_digest, take_handed
 from tollway.errors import ConfigError, TollwayError
 from tollway.pipeline import CompleteFn, Stage, StreamFn
 from tollway.types import Request, Response, StreamChunk
@@ -85,19 +85,44 @@ def _cancelled_error() -> SharedCallCancelledError:
     )
 
 
-def _i_am_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class _CompleteFlight:
-    __slots__ = ("abandoned", "key", "task", "waiters")
+    """One shared ``complete`` call and the callers waiting for it.
 
-    def __init__(self, key: str, task: asyncio.Future[Response]) -> None:
+    Each caller waits on a future of its own (cancelling a caller cancels only its future,
+    never the shared task), and the task settles them itself when the call ends: no
+    ``shield`` and no done-callbacks, so a call that nobody joins costs one task and one
+    future.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "done",
+        "error",
+        "futures",
+        "key",
+        "result",
+        "task",
+        "waiters",
+    )
+
+    def __init__(self, key: str) -> None:
         self.key = key
-        self.task = task
+        self.task: asyncio.Task[None] | None = None
+        self.futures: list[asyncio.Future[None]] = []
         self.waiters = 0
         self.abandoned = False
+        self.done = False
+        # The outcome: an answer, an error, or neither (the call was cancelled).
+        self.result: Response | None = None
+        self.error: BaseException | None = None
+
+    def settle(self) -> None:
+        """Wake every caller still waiting; what each gets is read from the flight."""
+        self.done = True
+        futures, self.futures = self.futures, []
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
 
 
 class _StreamFlight:
@@ -166,40 +191,52 @@ class LocalCoalescer:
             flight = self._start_complete(key, call)
         else:
             self._joins.inc(self._join_backend)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        flight.futures.append(future)
         flight.waiters += 1
-        task = flight.task
         try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled() and not _i_am_cancelled():
-                raise _cancelled_error() from None
-            raise
-        except BaseException as exc:
-            raise clone_error(exc) from exc.__cause__
+            await future
         finally:
             flight.waiters -= 1
-            if not flight.waiters and not task.done():
+            if not flight.waiters and not flight.done:
                 # The last waiter has gone: nobody wants the answer any more.
                 self._abandon_complete(flight)
+        result = flight.result
+        if result is not None:
+            return result
+        error = flight.error
+        if error is not None:
+            raise clone_error(error) from error.__cause__
+        raise _cancelled_error()  # the shared call was cancelled by someone else
 
     def _start_complete(self, key: str, call: CallComplete) -> _CompleteFlight:
-        task = asyncio.ensure_future(call())
-        flight = _CompleteFlight(key, task)
+        flight = _CompleteFlight(key)
+        task = asyncio.get_running_loop().create_task(self._lead(flight, call))
+        flight.task = task
         self._complete[key] = flight
         self._tasks.add(task)
         if self._leaders is not None:
             self._leaders.inc()
         self._inflight.add(1.0)
+        return flight
 
-        def finished(done: asyncio.Future[Response]) -> None:
-            self._tasks.discard(done)
-            if not done.cancelled():
-                done.exception()  # retrieved: every waiter has its own copy
+    async def _lead(self, flight: _CompleteFlight, call: CallComplete) -> None:
+        """The shared call, in a task of its own; it settles its waiters when it ends."""
+        try:
+            flight.result = await call()
+        except asyncio.CancelledError:
+            raise  # neither answer nor error: the waiters are told it was cancelled
+        except BaseException as exc:
+            flight.error = exc  # retrieved here: every waiter raises its own copy
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            task = flight.task
+            if task is not None:
+                self._tasks.discard(task)
             if not flight.abandoned:
                 self._forget_complete(flight)
-
-        task.add_done_callback(finished)
-        return flight
+            flight.settle()
 
     def _forget_complete(self, flight: _CompleteFlight) -> None:
         if self._complete.get(flight.key) is flight:
@@ -211,7 +248,11 @@ class LocalCoalescer:
         # instead of joining one that is being cancelled.
         flight.abandoned = True
         self._forget_complete(flight)
-        flight.task.cancel()
+        task = flight.task
+        if task is not None:
+            # A task cancelled before its first step never runs _lead's finally.
+            task.add_done_callback(self._tasks.discard)
+            task.cancel()
 
     # -- stream ----------------------------------------------------------------------------
 
@@ -299,11 +340,18 @@ class LocalCoalescer:
 
     async def aclose(self) -> None:
         """Cancel whatever is still in flight and wait for it to unwind."""
+        flights = list(self._complete.values())
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        self._tasks.clear()
+        for flight in flights:
+            if not flight.done:
+                # Its task was cancelled before its first step, so _lead never ran.
+                self._forget_complete(flight)
+                flight.settle()
 
 
 class SingleFlightStage(Stage):
@@ -352,10 +400,14 @@ class SingleFlightStage(Stage):
 
 def _key(request: Request) -> str | None:
     """The call's key, or None when it must go alone (asked to, or it cannot be keyed)."""
+    # Taken first, whatever happens next: the slot belongs to this call only.
+    digest = take_handed(request)
     controls = request.controls
     if controls and controls.get("single_flight") is False:
         return None
-    try:
-        return request_key(request, KEY_NAMESPACE)
-    except TypeError:  # a pass-through parameter that is not JSON: cannot prove two are equal
-        return None
+    if digest is None:
+        try:
+            digest = request_digest(request)
+        except TypeError:  # a pass-through parameter that is not JSON: cannot prove two equal
+            return None
+    return key_of(KEY_NAMESPACE, request, digest)
