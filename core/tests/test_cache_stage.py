@@ -220,7 +220,9 @@ async def test_a_stream_is_replayed_chunk_for_chunk(fake: FakeOpenAI) -> None:
         second = await collect(pipe.stream(MODEL, "tell me a short story please"))
         assert chat_requests(fake) == 1
         assert len(first) > 2
-        assert second == first
+        # The same chunks, each marked as coming from the cache.
+        assert not any(c.cached for c in first)
+        assert second == [attrs.evolve(c, cached=True) for c in first]
         assert any(c.usage for c in second)
         assert counter(pipe, "cache_hits_total") == 1
 

@@ -328,5 +328,7 @@ async def test_usage_on_in_the_config_records_priced_calls_and_cache_hits(
     assert streamed.cost.total > 0
     assert replay.stream
     assert replay.prompt_hash == streamed.prompt_hash
-    # Whether a replayed stream is marked cached (cost 0, saved) is up to the cache and cost
-    # stages (StreamChunk.cached / .saved); the usage stage records what the usage chunk says.
+    # A stream replayed from the cache is a hit too: free, with what it saved.
+    assert replay.cached
+    assert replay.cost.total == 0
+    assert replay.saved == streamed.cost.total

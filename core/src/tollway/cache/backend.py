@@ -150,9 +150,17 @@ class CacheEntry:
             for index, call in enumerate(response.tool_calls)
         )
         return (
-            StreamChunk(response.text, deltas, None, None, response.id, response.model),
             StreamChunk(
-                "", (), response.finish_reason, response.usage, response.id, response.model
+                response.text, deltas, None, None, response.id, response.model, cached=True
+            ),
+            StreamChunk(
+                "",
+                (),
+                response.finish_reason,
+                response.usage,
+                response.id,
+                response.model,
+                cached=True,
             ),
         )
 
@@ -384,7 +392,11 @@ def decode_entry(value: bytes) -> CacheEntry:
                 stored_at=stored_at,
             )
         if kind == "stream":
-            chunks = tuple(_structure_chunk(chunk, StreamChunk) for chunk in data["chunks"])
+            # Every replayed chunk says it came from the cache, so the cost stage prices the
+            # replay as a hit; marked once here, at decode, not on every replay.
+            chunks = tuple(
+                _structure_chunk({**chunk, "cached": True}, StreamChunk) for chunk in data["chunks"]
+            )
             return CacheEntry("stream", chunks=chunks, stored_at=stored_at)
         raise EntryError(f"cache entry of unknown kind {kind!r}")
     except EntryError:
