@@ -95,3 +95,14 @@ def test_models_lists_a_providers_models(runner: CliRunner) -> None:
     result = runner.invoke(main, ["models", "hello"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "hello/friendly"
+
+
+def test_chat_shows_the_cost_when_pricing_is_on(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "tollway.toml").write_text(
+        "[pricing]\nenabled = true\nsources = []\n"
+        '[pricing.models."hello/friendly"]\ninput_mtok = "1000000"\noutput_mtok = "2000000"\n'
+    )
+    result = runner.invoke(main, ["chat", "-m", "hello/friendly", "Ada"])
+    assert result.exit_code == 0, result.output
+    # 1 input token at $1 each, 2 output tokens at $2 each.
+    assert "| USD 5 |" in result.stderr

@@ -138,8 +138,14 @@ async def _chat(
             detail.append(f"{u.cache_read_tokens} cached")
         if u.reasoning_tokens:
             detail.append(f"{u.reasoning_tokens} reasoning")
+        money = ""
+        if response.cached:
+            money = f" | cached, saved {response.saved.normalize():f}"
+        elif response.cost is not None:
+            money = f" | {response.cost.currency} {response.cost.total.normalize():f}"
         click.secho(
-            f"[{response.model} | {', '.join(detail)} tokens | finish: {response.finish_reason}]",
+            f"[{response.model} | {', '.join(detail)} tokens{money} | "
+            f"finish: {response.finish_reason}]",
             dim=True,
             err=True,
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import attrs
 
-from tollway.types import Message, Response, StreamChunk, ToolCall, Usage
+from tollway.types import Cost, Message, Response, StreamChunk, ToolCall, Usage
 
 
 @attrs.define
@@ -29,6 +31,9 @@ class StreamAssembler:
     id: str | None = attrs.field(default=None, init=False)
     finish_reason: str | None = attrs.field(default=None, init=False)
     usage: Usage | None = attrs.field(default=None, init=False)
+    cost: Cost | None = attrs.field(default=None, init=False)
+    cached: bool = attrs.field(default=False, init=False)
+    saved: Decimal = attrs.field(default=Decimal(0), init=False)
     chunks: int = attrs.field(default=0, init=False)
 
     def add(self, chunk: StreamChunk) -> None:
@@ -49,6 +54,12 @@ class StreamAssembler:
             self.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.cost is not None:
+            self.cost = chunk.cost
+        if chunk.cached:
+            self.cached = True
+        if chunk.saved:
+            self.saved = chunk.saved
         if chunk.id and self.id is None:
             self.id = chunk.id
         if chunk.model:
@@ -70,4 +81,7 @@ class StreamAssembler:
             message=Message("assistant", self.text, tool_calls),
             finish_reason=self.finish_reason,
             usage=self.usage or Usage(),
+            cost=self.cost,
+            cached=self.cached,
+            saved=self.saved,
         )
