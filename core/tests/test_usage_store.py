@@ -28,7 +28,7 @@ from tollway.usage.config import UsageConfig
 from tollway.usage.export import export_records, record_from_dict, write_records, write_rows
 from tollway.usage.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
 from tollway.usage.records import UsageQuery, UsageRecord
-from tollway.usage.sql import plan_segments
+from tollway.usage.sql import month_floor, plan_segments, week_floor
 from tollway.usage.sqlite import SQLiteUsageStore
 from tollway.usage.store import MemoryUsageStore, aggregate, open_store
 
@@ -88,12 +88,15 @@ def test_sqlite_answers_as_the_reference_does(tmp_path: Path, seed: int, count: 
     lo=st.one_of(st.none(), st.integers(0, 40 * DAY)),
     width=st.one_of(st.none(), st.integers(0, 40 * DAY)),
     allow_day=st.booleans(),
+    allow_month=st.booleans(),
+    allow_week=st.booleans(),
 )
 def test_the_segments_cover_the_range_once(
-    lo: int | None, width: int | None, allow_day: bool
+    lo: int | None, width: int | None, allow_day: bool, allow_month: bool, allow_week: bool
 ) -> None:
     hi = None if width is None else (lo or 0) + width
-    segments = plan_segments(lo, hi, allow_day)
+    allow_month, allow_week = allow_month and allow_day, allow_week and allow_day
+    segments = plan_segments(lo, hi, allow_day, allow_month, allow_week)
     probes = {0, 1, HOUR - 1, HOUR, DAY - 1, DAY, 3 * DAY + 5, 39 * DAY + HOUR + 7}
     probes |= {p + d for p in (lo or 0, hi or 0) for d in (-1, 0, 1) if p + d >= 0}
     for t in probes:
@@ -103,12 +106,20 @@ def test_the_segments_cover_the_range_once(
         ]
         assert len(covering) == (1 if inside else 0), (t, segments)
     for source, a, b in segments:
-        if source != "raw":
+        if source in ("hour", "day"):
             width_of = HOUR if source == "hour" else DAY
             assert a is None or a % width_of == 0
             assert b is None or b % width_of == 0
         if source == "day":
             assert allow_day
+        if source == "month":
+            assert allow_month
+            for edge in (a, b):
+                assert edge is None or month_floor(edge) == edge
+        if source == "week":
+            assert allow_week
+            for edge in (a, b):
+                assert edge is None or week_floor(edge) == edge
 
 
 async def test_rollups_answer_a_month_by_user_and_model(tmp_path: Path) -> None:
@@ -238,7 +249,91 @@ async def test_an_older_database_is_migrated_and_its_rollups_filled(tmp_path: Pa
         assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         conn.close()
-    assert len(MIGRATIONS) == SCHEMA_VERSION == 2
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 3
+
+
+async def test_a_version_2_database_gets_weekly_and_monthly_rollups_keeping_archived_days(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    rng = random.Random(12)
+    records = contract.sample_records(rng, 300)
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, str(path), target=2)  # as the second release left it: hour and day rollups
+    from tollway.usage.migrations import insert_derived
+    from tollway.usage.sql import RECORD_COLUMNS, record_row
+
+    rows = [record_row(r) for r in records]
+    marks = ", ".join("?" for _ in RECORD_COLUMNS)
+    conn.execute("BEGIN")
+    conn.executemany(f"INSERT INTO usage_records VALUES ({marks})", rows)
+    insert_derived(conn, records, rows, levels=("hour", "day"))
+    # Archived before the upgrade: only the daily and hourly rollups remember March.
+    conn.execute("DELETE FROM usage_records WHERE ts < ?", (to_us(dt.datetime(2026, 4, 1)),))
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SQLiteUsageStore(path)
+    try:
+        month = UsageQuery(
+            since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC),
+            until=dt.datetime(2026, 4, 1, tzinfo=dt.UTC),
+            group_by=("user", "model"),
+        )
+        assert await store.query(month) == aggregate(records, month)
+        coarse = [
+            UsageQuery(group_by=("month", "team")),
+            UsageQuery(group_by=("week", "user")),
+            UsageQuery(since=dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC), group_by=("model",)),
+        ]
+        await contract.check_agrees(store, records, coarse)
+        # Written after the upgrade, new records reach the monthly rollup too.
+        more = contract.sample_records(random.Random(13), 50)
+        await store.write(more)
+        assert await store.query(month) == aggregate([*records, *more], month)
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (3,)
+        indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records'"
+            )
+        }
+        assert "usage_records_user_model_ts" not in indexes
+        assert {"usage_records_ts", "usage_records_prompt_hash"} <= indexes
+    finally:
+        conn.close()
+
+
+def to_us(when: dt.datetime) -> int:
+    return (when.replace(tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        microseconds=1
+    )
+
+
+async def test_a_time_bucket_filter_reads_rollups_of_its_own_width(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    records = contract.sample_records(rng, 400)
+    store = SQLiteUsageStore(tmp_path / "b.db")
+    try:
+        await store.write(records)
+        queries = [
+            UsageQuery(filters={"hour": "2026-03-02T00:00:00+00:00"}, group_by=("user",)),
+            UsageQuery(filters={"day": "2026-03-02T00:00:00+00:00"}, group_by=("model",)),
+            UsageQuery(filters={"week": "2026-03-02T00:00:00+00:00"}),
+            UsageQuery(filters={"month": "2026-03-01T00:00:00+00:00"}, group_by=("user",)),
+            UsageQuery(group_by=("week", "model")),
+            UsageQuery(group_by=("month",)),
+            # Weeks and months do not nest: neither rollup can answer for the other.
+            UsageQuery(filters={"month": "2026-03-01T00:00:00+00:00"}, group_by=("week", "user")),
+            UsageQuery(filters={"week": "2026-03-30T00:00:00+00:00"}, group_by=("month",)),
+        ]
+        await contract.check_agrees(store, records, queries)
+    finally:
+        await store.aclose()
 
 
 def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -97,6 +97,59 @@ async def test_a_newer_schema_is_refused(schema: str, store: PostgresUsageStore)
         await newer.aclose()
 
 
+async def test_a_version_1_schema_gets_monthly_rollups(
+    schema: str, store: PostgresUsageStore
+) -> None:
+    rng = random.Random(21)
+    records = contract.sample_records(rng, 400)
+    await store.write(records)
+    await store.aclose()
+    # Back to what version 1 had (no monthly rollup, five raw indexes), with March archived:
+    # only the hourly and daily rollups remember it.
+    conn = await asyncpg.connect(require_postgres())
+    try:
+        s = f'"{schema}"'
+        await conn.execute(f"DROP TABLE {s}.usage_rollup_month, {s}.usage_rollup_week")
+        await conn.execute(
+            f"CREATE INDEX usage_records_user_model_ts ON {s}.usage_records (user_id, model, ts)"
+        )
+        await conn.execute(f"UPDATE {s}.schema_version SET version = 1")
+        await conn.execute(
+            f"DELETE FROM {s}.usage_records WHERE ts < $1", dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+        )
+    finally:
+        await conn.close()
+    upgraded = PostgresUsageStore(require_postgres(), schema=schema)
+    try:
+        month = UsageQuery(
+            since=dt.datetime(2026, 3, 1, tzinfo=dt.UTC),
+            until=dt.datetime(2026, 4, 1, tzinfo=dt.UTC),
+            group_by=("user", "model"),
+        )
+        queries = [
+            month,
+            UsageQuery(group_by=("month", "team")),
+            UsageQuery(group_by=("week", "user")),
+            UsageQuery(group_by=("model",)),
+            UsageQuery(since=dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC), group_by=("model",)),
+        ]
+        await contract.check_agrees(upgraded, records, queries)
+        more = contract.sample_records(random.Random(22), 60)
+        await upgraded.write(more)
+        await contract.check_agrees(upgraded, [*records, *more], queries)
+        conn = await asyncpg.connect(require_postgres())
+        try:
+            assert await conn.fetchval(f'SELECT version FROM "{schema}".schema_version') == 2
+            indexes = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema
+            )
+            assert "usage_records_user_model_ts" not in {r[0] for r in indexes}
+        finally:
+            await conn.close()
+    finally:
+        await upgraded.aclose()
+
+
 async def test_retention_archives_and_keeps_rollups(
     store: PostgresUsageStore, tmp_path: Path
 ) -> None:

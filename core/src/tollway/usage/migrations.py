@@ -14,12 +14,15 @@ from collections.abc import Callable, Sequence
 
 from tollway.usage.records import UsageRecord
 from tollway.usage.sql import (
+    LEVELS,
     RECORD_COLUMNS,
     ROLLUP_COLUMNS,
     SUM_COLUMNS,
+    month_floor,
     rollup_rows,
     row_record,
     tag_rows,
+    week_floor,
 )
 
 _RECORDS = """
@@ -94,7 +97,41 @@ def _v2_tags_and_rollups(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX usage_tags_name_value ON usage_tags (name, value)")
     conn.execute(_rollup_table("usage_rollup_hour"))
     conn.execute(_rollup_table("usage_rollup_day"))
-    rebuild_derived(conn)
+    _rebuild(conn, ("hour", "day"))
+
+
+# SQL for the start of the UTC ISO week and month of a daily rollup's bucket (microseconds).
+_START_OF = {
+    "week": "bucket - ((bucket / 86400000000 + 3) % 7) * 86400000000",
+    "month": "CAST(strftime('%s', bucket / 1000000, 'unixepoch', 'start of month') AS INTEGER)"
+    " * 1000000",
+}
+
+
+def _fill_from_days(conn: sqlite3.Connection, since: int | None) -> None:
+    """(Re)compute the weekly and monthly rollups from the daily one, from the week and the
+    month holding ``since`` on (everything when None)."""
+    keys = ", ".join(c for c in ROLLUP_COLUMNS if c not in SUM_COLUMNS and c != "bucket")
+    sums = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
+    for level, floor in (("week", week_floor), ("month", month_floor)):
+        where = "" if since is None else f" WHERE bucket >= {int(floor(since))}"
+        conn.execute(f"DELETE FROM usage_rollup_{level}{where}")
+        conn.execute(
+            f"INSERT INTO usage_rollup_{level} ({', '.join(ROLLUP_COLUMNS)}) "
+            f"SELECT {_START_OF[level]} AS start, {keys}, {sums} FROM usage_rollup_day{where} "
+            f"GROUP BY start, key"
+        )
+
+
+def _v3_coarser_rollups_fewer_indexes(conn: sqlite3.Connection) -> None:
+    """Weekly and monthly rollups (filled from the daily one, so archived days count), and
+    the raw table's (user, model, ts), (team, ts) and (model, ts) indexes dropped: rollups
+    answer those queries, and every index slows every write."""
+    conn.execute(_rollup_table("usage_rollup_week"))
+    conn.execute(_rollup_table("usage_rollup_month"))
+    _fill_from_days(conn, None)
+    for index in ("usage_records_user_model_ts", "usage_records_team_ts", "usage_records_model_ts"):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
 
 
 def rebuild_derived(conn: sqlite3.Connection) -> None:
@@ -102,6 +139,10 @@ def rebuild_derived(conn: sqlite3.Connection) -> None:
 
     Rollup buckets that hold no raw record (archived days) are kept as they are.
     """
+    _rebuild(conn, LEVELS)
+
+
+def _rebuild(conn: sqlite3.Connection, levels: Sequence[str]) -> None:
     conn.execute("DELETE FROM usage_tags WHERE record_id IN (SELECT id FROM usage_records)")
     first = conn.execute("SELECT MIN(ts) FROM usage_records").fetchone()[0]
     if first is None:
@@ -118,20 +159,23 @@ def rebuild_derived(conn: sqlite3.Connection) -> None:
         if not rows:
             break
         records = [row_record(row, row[1]) for row in rows]
-        insert_derived(conn, records)
+        insert_derived(conn, records, levels=("hour", "day"))
+    if "month" in levels:
+        _fill_from_days(conn, first)
 
 
 def insert_derived(
     conn: sqlite3.Connection,
     records: Sequence[UsageRecord],
     rows: Sequence[Sequence[object]] | None = None,
+    levels: Sequence[str] = LEVELS,
 ) -> None:
     """Add the tags and the rollup sums of records just inserted (``rows``: their
     ``record_row`` tuples, when the caller has them)."""
     tags = tag_rows(records)
     if tags:
         conn.executemany("INSERT OR REPLACE INTO usage_tags VALUES (?, ?, ?)", tags)
-    for level, sums in rollup_rows(records, rows).items():
+    for level, sums in rollup_rows(records, rows, levels).items():
         conn.executemany(UPSERT[level], sums)
 
 
@@ -144,11 +188,12 @@ def _upsert(table: str) -> str:
     )
 
 
-UPSERT = {"hour": _upsert("usage_rollup_hour"), "day": _upsert("usage_rollup_day")}
+UPSERT = {level: _upsert(f"usage_rollup_{level}") for level in LEVELS}
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_records,
     _v2_tags_and_rollups,
+    _v3_coarser_rollups_fewer_indexes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

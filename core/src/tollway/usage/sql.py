@@ -3,12 +3,16 @@
 A :class:`~tollway.usage.records.UsageQuery` becomes one SQL statement that agrees with the
 reference :func:`tollway.usage.store.aggregate` exactly. Where the query's filters and groups
 allow it, the time range is cut into pieces so that whole days are read from the daily
-rollup, whole hours from the hourly one, and only the ragged ends from the raw records:
+rollup (whole months and weeks from the monthly and weekly ones), whole hours from the hourly
+one, and only the ragged ends from the raw records:
 
 - rollups are used when every filter and group is one of ``provider``, ``model``, ``user``,
   ``team``, ``api_key_id`` or a time bucket; a query on ``session``, ``prompt_hash``,
   ``cached``, ``stream`` or a tag reads the raw records;
-- ``group_by`` "hour" reads hourly rollups and raw records, never daily ones.
+- whole calendar months (UTC) come from the monthly rollup and whole ISO weeks left over on
+  either side from the weekly one, unless the query's time groups or filters forbid it: "hour"
+  reads hourly rollups and raw records only, "day" no weekly or monthly rollup, "week" no
+  monthly one, "month" no weekly one.
 
 Dialects (SQLite, PostgreSQL) supply the placeholders, the time type and the time-bucket
 expressions; the rest is common. Timestamps are microseconds since the epoch in Python.
@@ -18,14 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
 from tollway.types import Cost, Usage
-from tollway.usage.records import BUCKETS, UsageQuery, UsageRecord, UsageRow, from_nanos, to_nanos
+from tollway.usage.records import BUCKETS, UsageQuery, UsageRecord, UsageRow, to_nanos
 
-_ONE = Decimal(1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HOUR_US = 3_600_000_000
 DAY_US = 86_400_000_000
@@ -45,7 +48,10 @@ DIM_COLUMNS: Mapping[str, str] = {
 BOOL_DIMS = frozenset(("cached", "stream"))
 # What a rollup row is keyed by, besides its time bucket (and the currency).
 ROLLUP_DIMS: tuple[str, ...] = ("provider", "model", "user", "team", "api_key_id")
+# Fixed-width rollup levels; "week" (ISO, from Monday) and "month" (calendar months) are
+# summed from the day buckets.
 ROLLUP_LEVELS: tuple[tuple[str, int], ...] = (("hour", HOUR_US), ("day", DAY_US))
+LEVELS: tuple[str, ...] = ("hour", "day", "week", "month")
 
 # The raw table's columns, in the order rows are written.
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -67,8 +73,9 @@ ROLLUP_COLUMNS: tuple[str, ...] = (
 
 def money(nanos: int) -> Decimal:
     """Nano-units as a Decimal without trailing zeros (0.0105, not 0.010500000; 0, not 0E-9)."""
-    amount = from_nanos(nanos).normalize()
-    return amount.quantize(_ONE) if amount.as_tuple().exponent > 0 else amount  # type: ignore[operator]
+    if nanos % 1_000_000_000 == 0:  # whole units: 3, not 3E+0 or 3.000000000
+        return Decimal(nanos // 1_000_000_000)
+    return Decimal(nanos).scaleb(-9).normalize()
 
 
 def to_micros(when: dt.datetime) -> int:
@@ -82,8 +89,72 @@ def from_micros(micros: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=micros)
 
 
+def month_floor(micros: int) -> int:
+    """The start of the UTC calendar month that ``micros`` falls in, in microseconds."""
+    when = from_micros(micros)
+    return to_micros(when.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+
+
+def week_floor(micros: int) -> int:
+    """The start of the ISO week (Monday, UTC) that ``micros`` falls in."""
+    day = micros - micros % DAY_US
+    return day - ((day // DAY_US + 3) % 7) * DAY_US  # 1970-01-01 was a Thursday
+
+
+def week_ceil(micros: int) -> int:
+    start = week_floor(micros)
+    return start if start == micros else start + 7 * DAY_US
+
+
+def month_ceil(micros: int) -> int:
+    """The first UTC month start at or after ``micros``."""
+    start = month_floor(micros)
+    if start == micros:
+        return start
+    when = from_micros(start)
+    nxt = (
+        when.replace(year=when.year + 1, month=1)
+        if when.month == 12
+        else when.replace(month=when.month + 1)
+    )
+    return to_micros(nxt)
+
+
 def record_micros(record: UsageRecord) -> int:
     return round(record.timestamp * 1_000_000)
+
+
+# JSON texts of tag sets and rollup keys, which repeat: built once per process, not per record.
+_JSON_CACHE: dict[Any, str] = {}
+_JSON_CACHE_MAX = 100_000
+
+
+def _cached_json(value: Any, make: Callable[[], str]) -> str:
+    text = _JSON_CACHE.get(value)
+    if text is None:
+        if len(_JSON_CACHE) >= _JSON_CACHE_MAX:
+            _JSON_CACHE.clear()
+        text = _JSON_CACHE[value] = make()
+    return text
+
+
+def tags_json(tags: Mapping[str, str]) -> str | None:
+    """The tags as the raw table's JSON text (keys sorted), NULL when there are none."""
+    if not tags:
+        return None
+    items = tuple(sorted(tags.items()))
+    return _cached_json(items, lambda: json.dumps(dict(items), ensure_ascii=False))
+
+
+def rollup_key(dims: tuple[Any, ...]) -> str:
+    """A rollup row's ``key``: its dimension values as a compact JSON array."""
+    return _cached_json(
+        ("key", dims), lambda: json.dumps(dims, ensure_ascii=False, separators=(",", ":"))
+    )
+
+
+def _nanos(amount: Decimal) -> int:
+    return to_nanos(amount) if amount else 0
 
 
 def record_row(record: UsageRecord) -> tuple[Any, ...]:
@@ -91,14 +162,14 @@ def record_row(record: UsageRecord) -> tuple[Any, ...]:
     usage, cost = record.usage, record.cost
     return (
         record.id,
-        record_micros(record),
+        round(record.timestamp * 1_000_000),
         record.provider,
         record.model,
         record.user,
         record.session,
         record.team,
         record.api_key_id,
-        json.dumps(dict(record.tags), ensure_ascii=False, sort_keys=True) if record.tags else None,
+        tags_json(record.tags),
         record.cached,
         record.stream,
         usage.input_tokens,
@@ -106,14 +177,14 @@ def record_row(record: UsageRecord) -> tuple[Any, ...]:
         usage.cache_read_tokens,
         usage.cache_write_tokens,
         usage.reasoning_tokens,
-        to_nanos(cost.input),
-        to_nanos(cost.output),
-        to_nanos(cost.cache_read),
-        to_nanos(cost.cache_write),
-        to_nanos(cost.reasoning),
-        to_nanos(cost.request),
-        to_nanos(cost.total),
-        to_nanos(record.saved),
+        _nanos(cost.input),
+        _nanos(cost.output),
+        _nanos(cost.cache_read),
+        _nanos(cost.cache_write),
+        _nanos(cost.reasoning),
+        _nanos(cost.request),
+        _nanos(cost.total),
+        _nanos(record.saved),
         cost.currency,
         record.latency_s,
         record.request_id,
@@ -160,37 +231,66 @@ def tag_rows(records: Iterable[UsageRecord]) -> list[tuple[str, str, str]]:
 
 
 def rollup_rows(
-    records: Iterable[UsageRecord], rows: Sequence[Sequence[Any]] | None = None
+    records: Iterable[UsageRecord],
+    rows: Sequence[Sequence[Any]] | None = None,
+    levels: Sequence[str] = LEVELS,
 ) -> dict[str, list[list[Any]]]:
-    """Per level ("hour", "day"): rows in ROLLUP_COLUMNS order (bucket in microseconds)
-    summing the records, to be added to what the rollup tables hold. ``rows`` are the
-    records' :func:`record_row` tuples when the caller has them already."""
+    """Per level ("hour", "day", "month"): rows in ROLLUP_COLUMNS order (bucket in
+    microseconds) summing the records, to be added to what the rollup tables hold. ``rows``
+    are the records' :func:`record_row` tuples when the caller has them already."""
     if rows is None:
         rows = [record_row(r) for r in records]
     keys: dict[tuple[Any, ...], str] = {}
-    out: dict[str, list[list[Any]]] = {}
-    for level, width in ROLLUP_LEVELS:
-        groups: dict[tuple[int, str], list[Any]] = {}
-        for row in rows:
-            micros = row[1]
-            bucket = micros - micros % width
-            dims = (row[2], row[3], row[4], row[6], row[7], row[24])
-            key = keys.get(dims)
-            if key is None:
-                key = keys[dims] = json.dumps(dims, ensure_ascii=False, separators=(",", ":"))
-            found = groups.get((bucket, key))
-            if found is None:
-                found = groups[(bucket, key)] = [bucket, key, *dims, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-            found[8] += 1
-            found[9] += row[11]
-            found[10] += row[12]
-            found[11] += row[13]
-            found[12] += row[14]
-            found[13] += row[15]
-            found[14] += row[22]
-            found[15] += row[23]
-            found[16] += int(row[9])
-        out[level] = list(groups.values())
+    hourly: dict[tuple[int, str], list[Any]] = {}
+    for row in rows:
+        micros = row[1]
+        bucket = micros - micros % HOUR_US
+        dims = (row[2], row[3], row[4], row[6], row[7], row[24])
+        key = keys.get(dims)
+        if key is None:
+            key = keys[dims] = rollup_key(dims)
+        found = hourly.get((bucket, key))
+        if found is None:
+            found = hourly[(bucket, key)] = [bucket, key, *dims, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        found[8] += 1
+        found[9] += row[11]
+        found[10] += row[12]
+        found[11] += row[13]
+        found[12] += row[14]
+        found[13] += row[15]
+        found[14] += row[22]
+        found[15] += row[23]
+        found[16] += int(row[9])
+    out: dict[str, list[list[Any]]] = {"hour": list(hourly.values())}
+    daily = _coarser(hourly, lambda bucket: bucket - bucket % DAY_US)
+    out["day"] = list(daily.values())
+    if "week" in levels:
+        out["week"] = list(_coarser(daily, week_floor).values())
+    if "month" in levels:
+        months: dict[int, int] = {}
+
+        def month_of(bucket: int) -> int:
+            start = months.get(bucket)
+            if start is None:
+                start = months[bucket] = month_floor(bucket)
+            return start
+
+        out["month"] = list(_coarser(daily, month_of).values())
+    return {level: sums for level, sums in out.items() if level in levels}
+
+
+def _coarser(
+    finer: Mapping[tuple[int, str], list[Any]], start_of: Callable[[int], int]
+) -> dict[tuple[int, str], list[Any]]:
+    out: dict[tuple[int, str], list[Any]] = {}
+    for (bucket, key), sums in finer.items():
+        start = start_of(bucket)
+        found = out.get((start, key))
+        if found is None:
+            out[(start, key)] = [start, *sums[1:]]
+        else:
+            for i in range(8, 17):
+                found[i] += sums[i]
     return out
 
 
@@ -224,6 +324,8 @@ class Tables(Protocol):
     tags: str
     rollup_hour: str
     rollup_day: str
+    rollup_week: str
+    rollup_month: str
 
 
 class _Params:
@@ -257,10 +359,34 @@ def rollups_usable(query: UsageQuery) -> bool:
     return all(n in ROLLUP_DIMS or n in BUCKETS for n in names)
 
 
+def rollup_levels(query: UsageQuery) -> frozenset[str]:
+    """The rollups whose buckets a query's time groups and filters can be read from.
+
+    A bucket filter or group must see each rollup row's own bucket: an hour one needs hourly
+    rows, a day one daily rows; weeks and months do not split into each other.
+    """
+    names = {*query.filters, *query.group_by}
+    if "hour" in names:
+        return frozenset(("hour",))
+    if "day" in names or ("week" in names and "month" in names):
+        return frozenset(("hour", "day"))
+    if "week" in names:
+        return frozenset(("hour", "day", "week"))
+    if "month" in names:
+        return frozenset(("hour", "day", "month"))
+    return frozenset(LEVELS)
+
+
 def plan_segments(
-    lo: int | None, hi: int | None, allow_day: bool
+    lo: int | None,
+    hi: int | None,
+    allow_day: bool,
+    allow_month: bool = False,
+    allow_week: bool = False,
 ) -> list[tuple[str, int | None, int | None]]:
-    """Cut [lo, hi) into (source, lo, hi) pieces: "raw" ends, "hour" and "day" middles."""
+    """Cut [lo, hi) into (source, lo, hi) pieces: "raw" ends, "hour", "day" and (when
+    allowed, which needs ``allow_day``) "month" then "week" middles: whole calendar months
+    first, whole ISO weeks in what is left on either side, days around them."""
     if lo is not None and hi is not None and lo >= hi:
         return [("raw", lo, hi)]
 
@@ -273,6 +399,33 @@ def plan_segments(
     def before(a: int | None, b: int | None) -> bool:  # a < b, None being -inf / +inf
         return a is None or b is None or a < b
 
+    def cut(
+        a: int | None,
+        b: int | None,
+        level: str,
+        up: Callable[[int], int],
+        down: Callable[[int], int],
+        inner: Callable[[int | None, int | None], None],
+    ) -> bool:
+        """[a, b) as whole ``level`` buckets in the middle and ``inner`` pieces at the ends."""
+        c_lo = None if a is None else up(a)
+        c_hi = None if b is None else down(b)
+        if not before(c_lo, c_hi):
+            return False
+        if a is not None and c_lo is not None and a < c_lo:
+            inner(a, c_lo)
+        if b is not None and c_hi is not None and c_hi < b:
+            inner(c_hi, b)
+        segments.append((level, c_lo, c_hi))
+        return True
+
+    def days(a: int | None, b: int | None) -> None:
+        if not (allow_week and cut(a, b, "week", week_ceil, week_floor, days_only)):
+            days_only(a, b)
+
+    def days_only(a: int | None, b: int | None) -> None:
+        segments.append(("day", a, b))
+
     h_lo, h_hi = ceil(lo, HOUR_US), floor(hi, HOUR_US)
     if not before(h_lo, h_hi):
         return [("raw", lo, hi)]
@@ -282,14 +435,15 @@ def plan_segments(
     if hi is not None and h_hi is not None and h_hi < hi:
         segments.append(("raw", h_hi, hi))
     d_lo, d_hi = ceil(h_lo, DAY_US), floor(h_hi, DAY_US)
-    if allow_day and before(d_lo, d_hi):
-        if h_lo is not None and d_lo is not None and h_lo < d_lo:
-            segments.append(("hour", h_lo, d_lo))
-        if h_hi is not None and d_hi is not None and d_hi < h_hi:
-            segments.append(("hour", d_hi, h_hi))
-        segments.append(("day", d_lo, d_hi))
-    else:
+    if not (allow_day and before(d_lo, d_hi)):
         segments.append(("hour", h_lo, h_hi))
+        return segments
+    if h_lo is not None and d_lo is not None and h_lo < d_lo:
+        segments.append(("hour", h_lo, d_lo))
+    if h_hi is not None and d_hi is not None and d_hi < h_hi:
+        segments.append(("hour", d_hi, h_hi))
+    if not (allow_month and cut(d_lo, d_hi, "month", month_ceil, month_floor, days)):
+        days(d_lo, d_hi)
     return segments
 
 
@@ -301,7 +455,14 @@ def build_query(
     lo = to_micros(query.since) if query.since is not None else None
     hi = to_micros(query.until) if query.until is not None else None
     if use_rollups and rollups_usable(query):
-        segments = plan_segments(lo, hi, allow_day="hour" not in query.group_by)
+        levels = rollup_levels(query)
+        segments = plan_segments(
+            lo,
+            hi,
+            allow_day="day" in levels,
+            allow_month="month" in levels,
+            allow_week="week" in levels,
+        )
     else:
         segments = [("raw", lo, hi)]
     parts = [_segment(query, dialect, tables, p, source, a, b) for source, a, b in segments]
@@ -327,9 +488,7 @@ def _segment(
     hi: int | None,
 ) -> str:
     raw = source == "raw"
-    table = (
-        tables.records if raw else (tables.rollup_hour if source == "hour" else tables.rollup_day)
-    )
+    table = tables.records if raw else getattr(tables, f"rollup_{source}")
     time_column = "r.ts" if raw else "r.bucket"
     joins: list[str] = []
     where: list[str] = []

@@ -1,11 +1,12 @@
 """PostgresUsageStore: usage records in PostgreSQL through one asyncpg pool.
 
 The same design as the core's SQLite store (see :mod:`tollway.usage.sql`): money in BIGINT
-nano-units, time as ``timestamptz``, a tag table, hourly and daily rollups kept in the same
-transaction as the records, and the same query planner, so both answer exactly as the
-reference aggregation does. Batches go in with COPY. Every table lives in ``[usage] schema``
-(created when missing); migrations are versioned in its ``schema_version`` table and run under
-an advisory lock, so many processes can start at once.
+nano-units, time as ``timestamptz``, a tag table, hourly, daily, weekly and monthly rollups
+kept in the same transaction as the records (one statement upserts every level), and the same query
+planner, so both answer exactly as the reference aggregation does. Batches go in with COPY.
+Every table lives in ``[usage] schema`` (created when missing); migrations are versioned in
+its ``schema_version`` table and run under an advisory lock, so many processes can start at
+once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncpg
 
 from tollway.usage.records import UsageQuery, UsageRecord, UsageRow
 from tollway.usage.sql import (
+    LEVELS,
     RECORD_COLUMNS,
     ROLLUP_COLUMNS,
     SUM_COLUMNS,
@@ -79,7 +81,26 @@ def _migrations(s: str) -> tuple[str, ...]:
         {rollup("usage_rollup_hour")};
         {rollup("usage_rollup_day")};
     """
-    return (v1,)
+    # v2: weekly (ISO) and monthly rollups, filled from the daily one so that archived days
+    # count; the raw table's (user, model, ts), (team, ts) and (model, ts) indexes go: the
+    # rollups answer those queries, and every index slows every write.
+    keys = "key, provider, model, user_id, team, api_key_id, currency"
+    totals = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
+    fills = []
+    for level in ("week", "month"):
+        start = f"date_trunc('{level}', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        fills.append(f"""
+        {rollup(f"usage_rollup_{level}")};
+        INSERT INTO {s}.usage_rollup_{level} (bucket, {keys}, {", ".join(SUM_COLUMNS)})
+            SELECT {start}, {keys}, {totals} FROM {s}.usage_rollup_day GROUP BY {start}, {keys};
+        """)
+    v2 = f"""
+        {"".join(fills)}
+        DROP INDEX IF EXISTS {s}.usage_records_user_model_ts;
+        DROP INDEX IF EXISTS {s}.usage_records_team_ts;
+        DROP INDEX IF EXISTS {s}.usage_records_model_ts;
+    """
+    return (v1, v2)
 
 
 class PostgresDialect:
@@ -113,6 +134,8 @@ class _Tables:
         self.tags = f"{schema}.usage_tags"
         self.rollup_hour = f"{schema}.usage_rollup_hour"
         self.rollup_day = f"{schema}.usage_rollup_day"
+        self.rollup_week = f"{schema}.usage_rollup_week"
+        self.rollup_month = f"{schema}.usage_rollup_month"
 
 
 DIALECT = PostgresDialect()
@@ -127,7 +150,7 @@ def _quote(schema: str) -> str:
 class PostgresUsageStore:
     """Usage records in PostgreSQL. Connects on first use; one pool per store."""
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
 
     def __init__(
         self,
@@ -148,10 +171,7 @@ class PostgresUsageStore:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._closed = False
-        self._upserts = {
-            level: self._upsert(getattr(self.tables, f"rollup_{level}"))
-            for level in ("hour", "day")
-        }
+        self._upsert_rollups = self._upsert()
 
     @classmethod
     def from_config(cls, config: Any) -> PostgresUsageStore:
@@ -162,13 +182,29 @@ class PostgresUsageStore:
             pool_options=dict(config.options),
         )
 
-    def _upsert(self, table: str) -> str:
-        marks = ", ".join(f"${i}" for i in range(1, len(ROLLUP_COLUMNS) + 1))
+    def _upsert(self) -> str:
+        """One statement adding a batch's hourly sums (as arrays) to every rollup level: the
+        day, week and month sums are grouped from them in the server, in one round trip."""
+        types = ("timestamptz", "text", "text", "text", "text", "text", "text", "text")
+        types += ("bigint",) * len(SUM_COLUMNS)
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+        columns = ", ".join(ROLLUP_COLUMNS)
+        keys = ", ".join(c for c in ROLLUP_COLUMNS[1:] if c not in SUM_COLUMNS)
+        totals = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
         updates = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in SUM_COLUMNS)
-        return (
-            f"INSERT INTO {table} AS t ({', '.join(ROLLUP_COLUMNS)}) VALUES ({marks}) "
-            f"ON CONFLICT (bucket, key) DO UPDATE SET {updates}"
-        )
+        parts = [f"hourly ({columns}) AS (SELECT * FROM unnest({arrays}))"]
+        for level in LEVELS:
+            table = getattr(self.tables, f"rollup_{level}")
+            if level == "hour":
+                select = "SELECT * FROM hourly"
+            else:
+                start = f"date_trunc('{level}', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+                select = f"SELECT {start}, {keys}, {totals} FROM hourly GROUP BY {start}, {keys}"
+            parts.append(
+                f"up_{level} AS (INSERT INTO {table} AS t ({columns}) {select} "
+                f"ON CONFLICT (bucket, key) DO UPDATE SET {updates})"
+            )
+        return f"WITH {', '.join(parts)} SELECT 1"
 
     async def _connect(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -231,7 +267,7 @@ class PostgresUsageStore:
             if not new:
                 return
             plain = [record_row(r) for r in new]
-            sums_by_level = rollup_rows(new, plain)
+            hourly = rollup_rows(new, plain, levels=("hour",))["hour"]
             rows = []
             for values in plain:
                 row = list(values)
@@ -246,10 +282,9 @@ class PostgresUsageStore:
                     "usage_tags", records=tags, columns=("record_id", "name", "value"),
                     schema_name=self.schema,
                 )  # fmt: skip
-            for level, sums in sums_by_level.items():
-                for row in sums:
-                    row[0] = from_micros(row[0])
-                await conn.executemany(self._upserts[level], sums)
+            columns = [list(column) for column in zip(*hourly, strict=True)]
+            columns[0] = [from_micros(micros) for micros in columns[0]]
+            await conn.execute(self._upsert_rollups, *columns)
 
     async def query(self, query: UsageQuery) -> list[UsageRow]:
         sql, params = build_query(query, DIALECT, self.tables, use_rollups=self.use_rollups)
