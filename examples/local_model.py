@@ -1,6 +1,6 @@
 """Chat with the local model: offline, no key, no server (needs `tollway[llamacpp]`).
 
-    uv run python examples/local_model.py "Why is the sky blue?"
+uv run python examples/local_model.py "Why is the sky blue?"
 """
 
 from __future__ import annotations

@@ -46,11 +46,15 @@ async def main() -> None:
 
             hits = pipe.metrics.get("cache_hits_total")
             retries = pipe.metrics.get("retries_total")
-            print(f"metrics: cache hits {sum(hits.values.values()) if hits else 0:.0f}, "
-                  f"retries {sum(retries.values.values()) if retries else 0:.0f}")
+            print(
+                f"metrics: cache hits {sum(hits.values.values()) if hits else 0:.0f}, "
+                f"retries {sum(retries.values.values()) if retries else 0:.0f}"
+            )
             for endpoint, health in pipe.health().items():
-                print(f"health:  {endpoint} requests={health['requests']} "
-                      f"failures={health['failures']} open={health['open']}")
+                print(
+                    f"health:  {endpoint} requests={health['requests']} "
+                    f"failures={health['failures']} open={health['open']}"
+                )
 
 
 if __name__ == "__main__":

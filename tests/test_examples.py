@@ -17,7 +17,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_the_quickstart_runs_offline() -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "quickstart.py")],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     out = result.stdout
     assert "answer:" in out
@@ -36,7 +39,10 @@ def test_the_example_config_is_valid() -> None:
 def test_the_local_model_example_answers() -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "local_model.py"), "Say hello"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     assert "model: llamacpp" in result.stdout
     assert " in, " in result.stdout
