@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import pytest
 import pytest_asyncio
 import redis.asyncio as redis
@@ -88,7 +89,8 @@ async def test_pipelines_share_answers_through_redis(fake: FakeOpenAI, namespace
         assert second.usage == first.usage
         chunks = [c async for c in one.stream(MODEL, "shared stream")]
         replayed = [c async for c in two.stream(MODEL, "shared stream")]
-        assert replayed == chunks
+        # The same chunks, each marked as coming from the cache.
+        assert replayed == [attrs.evolve(c, cached=True) for c in chunks]
         assert chat_requests(fake) == 2
         assert counter(two, "cache_hits_total", namespace) == 2
 
