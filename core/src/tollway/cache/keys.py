@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from tollway.types import ImagePart, Message, Request, TextPart, Tool
@@ -165,33 +166,29 @@ def request_key(request: Request, namespace: str = "tollway") -> str:
 # The cache stage and the single-flight stage just inside it key the same request. The cache
 # stage hands its digest on right before it calls the next stage, and the single-flight stage
 # takes it (leaving the slot empty) as the first thing it does, so the canonical JSON and the
-# hash are made once per call. Both happen synchronously within one call (no await between
-# them), and the taker checks that the digest is for the very Request object it was given, so
-# a digest can never reach another call: when the slot holds anything else (another call's,
-# another thread's, or nothing) the taker computes the digest itself, as it would without the
-# hand-over.
+# hash are made once per call. The slot is a context variable, so each task and thread has its
+# own, and the taker also checks that the digest is for the very Request object it was given:
+# when the slot holds anything else (or nothing) the taker computes the digest itself, as it
+# would without the hand-over.
 
-_handed: tuple[Request, str] | None = None
+_handed: ContextVar[tuple[Request, str] | None] = ContextVar("tollway_handed_digest", default=None)
 
 
 def hand_on(request: Request, digest: str) -> None:
     """Offer ``request``'s digest to the stage called next."""
-    global _handed
-    _handed = (request, digest)
+    _handed.set((request, digest))
 
 
 def clear_handed() -> None:
     """Offer nothing to the stage called next (it keys the request itself)."""
-    global _handed
-    _handed = None
+    _handed.set(None)
 
 
 def take_handed(request: Request) -> str | None:
     """The digest the previous stage handed on for ``request``, or ``None`` when it handed
     on none for it. Empties the slot either way."""
-    global _handed
-    handed = _handed
+    handed = _handed.get()
     if handed is None:
         return None
-    _handed = None
+    _handed.set(None)
     return handed[1] if handed[0] is request else None
