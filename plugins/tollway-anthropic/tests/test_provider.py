@@ -28,6 +28,7 @@ from tollway.providers import Secret
 from tollway.providers.http import endpoint_key
 from tollway.streaming import StreamAssembler
 from tollway.testing.fake_anthropic import FakeAnthropic
+from tollway.testing.streams import call, collect, joined, wait_for
 from tollway.types import (
     ImagePart,
     Message,
@@ -48,10 +49,6 @@ def ask(text: str = "Hello there, how are you?", **fields: object) -> Request:
     return Request(model, (Message.system("Be brief."), Message.user(text)), **fields)  # type: ignore[arg-type]
 
 
-async def collect(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
-    return [chunk async for chunk in stream]
-
-
 def assemble(chunks: list[StreamChunk], model: str = f"anthropic/{MODEL}") -> Response:
     assembler = StreamAssembler("anthropic", model)
     for chunk in chunks:
@@ -66,17 +63,6 @@ def same_answer(streamed: Response, completed: Response) -> None:
     assert streamed.usage == completed.usage
     assert streamed.model == completed.model
     assert streamed.provider == completed.provider
-
-
-def joined(chunks: list[StreamChunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)
-
-
-async def call(provider, request: Request, streaming: bool) -> object:
-    """complete() or a whole stream, so one test covers both ways of failing."""
-    if streaming:
-        return await collect(provider.stream(request))
-    return await provider.complete(request)
 
 
 async def read_into(stream: AsyncIterator[StreamChunk], received: list[StreamChunk]) -> None:
@@ -805,14 +791,6 @@ async def test_settings_timeout_applies_without_a_request_timeout(make_provider,
 
 
 # -- stopping early ------------------------------------------------------------------------
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_closing_a_stream_early_closes_the_connection(provider, fake_anthropic, http):

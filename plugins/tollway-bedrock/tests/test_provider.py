@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -27,6 +26,7 @@ from tollway.errors import (
 from tollway.providers.http import endpoint_key
 from tollway.streaming import StreamAssembler
 from tollway.testing.fake_bedrock import FakeBedrock, encode_event, encode_message
+from tollway.testing.streams import call, collect, drain, wait_for
 from tollway.types import (
     ImagePart,
     Message,
@@ -54,28 +54,11 @@ def ask(text: str = "Hello there, how are you?", **fields: object) -> Request:
     return Request(model, (Message.system("Be brief."), Message.user(text)), **fields)  # type: ignore[arg-type]
 
 
-async def collect(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
-    return [chunk async for chunk in stream]
-
-
 def assemble(chunks: list[StreamChunk], model: str = MODEL) -> Response:
     assembler = StreamAssembler("bedrock", model)
     for chunk in chunks:
         assembler.add(chunk)
     return assembler.response()
-
-
-async def call(provider, request: Request, streaming: bool) -> None:
-    if streaming:
-        await collect(provider.stream(request))
-    else:
-        await provider.complete(request)
-
-
-async def drain(stream: AsyncIterator[StreamChunk], into: list[StreamChunk]) -> None:
-    """Read a stream to its end, keeping what came before it failed."""
-    async for chunk in stream:
-        into.append(chunk)
 
 
 def comparable(response: Response) -> Response:
@@ -757,14 +740,6 @@ async def test_odd_streams(make_provider, odd_server, content_type, body, error_
 
 
 # -- stopping early ------------------------------------------------------------------------
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {seconds}s")
 
 
 async def test_closing_a_stream_early_closes_the_connection(provider, fake_bedrock, http):

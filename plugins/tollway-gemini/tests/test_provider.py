@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -29,6 +28,7 @@ from tollway.providers import Secret
 from tollway.providers.http import endpoint_key
 from tollway.streaming import StreamAssembler
 from tollway.testing.fake_gemini import FakeGemini, ModelSpec
+from tollway.testing.streams import call, collect, drain, joined, wait_for
 from tollway.types import (
     ImagePart,
     Message,
@@ -50,10 +50,6 @@ def ask(text: str = "Hello there, how are you?", **fields: object) -> Request:
     return Request(model, (Message.system("Be brief."), Message.user(text)), **fields)  # type: ignore[arg-type]
 
 
-async def collect(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
-    return [chunk async for chunk in stream]
-
-
 async def assemble(provider, request: Request) -> tuple[Response, list[StreamChunk]]:
     assembler = StreamAssembler(provider.name, request.model)
     chunks = await collect(provider.stream(request))
@@ -68,22 +64,6 @@ def same_answer(streamed: Response, complete: Response) -> None:
     assert streamed.finish_reason == complete.finish_reason
     assert streamed.usage == complete.usage
     assert (streamed.model, streamed.provider) == (complete.model, complete.provider)
-
-
-async def call(provider, request: Request, streaming: bool) -> object:
-    """One call, as a stream read to its end or as a complete call."""
-    if streaming:
-        return await collect(provider.stream(request))
-    return await provider.complete(request)
-
-
-async def drain(stream: AsyncIterator[StreamChunk], into: list[StreamChunk]) -> None:
-    async for chunk in stream:
-        into.append(chunk)
-
-
-def joined(chunks: list[StreamChunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)
 
 
 @pytest.fixture
@@ -757,13 +737,6 @@ async def test_rate_limit_in_the_middle_of_a_stream(make_provider, odd_server) -
 
 
 # -- stopping early ------------------------------------------------------------------------
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        # Polls a counter the fake keeps: there is no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_closing_a_stream_early_closes_the_connection(provider, fake_gemini, http):

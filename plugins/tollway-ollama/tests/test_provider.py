@@ -28,6 +28,7 @@ from tollway.providers import Secret
 from tollway.providers.http import endpoint_key
 from tollway.streaming import StreamAssembler
 from tollway.testing.fake_ollama import FakeOllama
+from tollway.testing.streams import call, collect, joined, wait_for
 from tollway.types import (
     ImagePart,
     Message,
@@ -53,27 +54,11 @@ def ask(text: str = "Hello there, how are you?", **fields: object) -> Request:
     return Request(model, (Message.system("Be brief."), Message.user(text)), **fields)  # type: ignore[arg-type]
 
 
-async def collect(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
-    return [chunk async for chunk in stream]
-
-
 def assemble(chunks: list[StreamChunk], provider: str = "ollama") -> Response:
     assembler = StreamAssembler(provider, "?")
     for chunk in chunks:
         assembler.add(chunk)
     return assembler.response()
-
-
-def joined(chunks: list[StreamChunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)
-
-
-async def call(provider, request: Request, streaming: bool) -> None:
-    """Send the request one way or the other, for a test that expects it to fail either way."""
-    if streaming:
-        await collect(provider.stream(request))
-    else:
-        await provider.complete(request)
 
 
 async def consume(stream: AsyncIterator[StreamChunk], into: list[StreamChunk]) -> None:
@@ -650,15 +635,6 @@ async def test_error_inside_a_200_answer(make_provider, odd_server) -> None:
 
 
 # -- stopping early ------------------------------------------------------------------------
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    """Poll: the fake counts an abandoned stream when its next write fails."""
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition did not become true in time")
 
 
 async def test_closing_a_stream_early_closes_the_connection(provider, fake_ollama, http):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -26,6 +25,7 @@ from tollway.errors import (
 from tollway.providers import Secret
 from tollway.providers.http import HttpPool, endpoint_key
 from tollway.testing import FakeOpenAI
+from tollway.testing.streams import call, collect, drain, joined, wait_for
 from tollway.types import (
     ImagePart,
     Message,
@@ -43,27 +43,6 @@ KEY = "sk-test-0123456789"
 def ask(text: str = "Hello there, how are you?", **fields: object) -> Request:
     model = str(fields.pop("model", "openai/gpt-4o-mini"))
     return Request(model, (Message.system("Be brief."), Message.user(text)), **fields)  # type: ignore[arg-type]
-
-
-async def collect(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
-    return [chunk async for chunk in stream]
-
-
-async def call(provider, request: Request, streaming: bool) -> object:
-    """complete() or a fully read stream(), so one test covers both paths."""
-    if streaming:
-        return await collect(provider.stream(request))
-    return await provider.complete(request)
-
-
-async def drain(stream: AsyncIterator[StreamChunk], into: list[StreamChunk]) -> None:
-    """Read a stream, keeping what arrived before it failed."""
-    async for chunk in stream:
-        into.append(chunk)
-
-
-def joined(chunks: list[StreamChunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)
 
 
 @pytest.fixture
@@ -551,13 +530,6 @@ async def test_stall_times_out(provider, fake_openai, streaming) -> None:
 
 
 # -- stopping early ------------------------------------------------------------------------
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        # The count is kept by the fake's request handler, which has no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_closing_a_stream_early_closes_the_connection(provider, fake_openai, http):
